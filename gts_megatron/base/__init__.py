@@ -1,0 +1,1 @@
+"""Stage "base": the dense model every later stage starts from (pretrained here from scratch)."""

@@ -1,0 +1,1 @@
+"""Token datasets and the deterministic, resumable order in which training reads them."""

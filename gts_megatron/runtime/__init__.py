@@ -1,0 +1,1 @@
+"""Parallel runtime: process groups, megatron parallel state, the CPU compatibility layer."""

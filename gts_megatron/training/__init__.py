@@ -1,0 +1,1 @@
+"""The training loop shared by every training stage, with checkpoints, metrics and resume."""

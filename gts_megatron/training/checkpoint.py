@@ -1,0 +1,191 @@
+"""Megatron dist-checkpoints of a training run: model, optimizer, scheduler, RNG, data position.
+
+Layout of ``<run>/checkpoints/``::
+
+    iter_0000010/     a megatron dist-checkpoint (loadable at any TP/EP layout) + meta.json
+    latest            the name of the newest complete checkpoint
+
+A checkpoint is written under a temporary name and renamed when every rank has finished, and
+``latest`` is replaced atomically after that, so a crash mid-save leaves the previous checkpoint
+in charge and never a half-written one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+from gts_megatron.config import ModelConfig
+from gts_megatron.errors import GtsError
+
+META_FILE = "meta.json"
+LATEST_FILE = "latest"
+# model fields that decide parameter shapes: a checkpoint must agree on all of them
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                "ffn_hidden_size", "vocab_size", "tie_embeddings")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside megatron's DDP and Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
+    """The newest complete checkpoint under ``ckpt_root``, or None when there is none."""
+    pointer = ckpt_root / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    path = ckpt_root / pointer.read_text().strip()
+    if not (path / META_FILE).is_file():
+        raise GtsError(f"{pointer} names {path.name}, which is missing or incomplete; "
+                       f"point it at a complete checkpoint or remove it to start afresh")
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "python": random.getstate(),
+        # plain lists: the checkpoint loader accepts tensors and builtins only (weights_only)
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _sharded_state(model, optimizer, scheduler, train_state, with_rng: bool, is_loading: bool):
+    model_sd = unwrap(model).sharded_state_dict()
+    state: dict[str, Any] = {"model": model_sd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if train_state is not None:
+        state["train_state"] = dict(train_state)
+    if with_rng:  # one object per global rank: every rank has its own dropout streams
+        rank, world = dist.get_rank(), dist.get_world_size()
+        state["rng"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
+    return state
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
+                    train_state: dict, model_config: ModelConfig, keep: int) -> Path:
+    """Save a full training checkpoint for ``step`` (collective: every rank calls it)."""
+    name = f"iter_{step:07d}"
+    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
+    is_main = dist.get_rank() == 0
+    if is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
+        tmp.mkdir()
+    dist.barrier()
+    state = _sharded_state(model, optimizer, scheduler, train_state, with_rng=True, is_loading=False)
+    dist_checkpointing.save(state, str(tmp))
+    dist.barrier()
+    if is_main:
+        meta = {"step": step, "world_size": dist.get_world_size(),
+                "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+                "expert_parallel": parallel_state.get_expert_model_parallel_world_size(),
+                "model": model_config.model_dump(mode="json"), "train_state": dict(train_state)}
+        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_text(ckpt_root / LATEST_FILE, name + "\n")
+        _prune(ckpt_root, keep)
+    dist.barrier()
+    return final
+
+
+def _prune(ckpt_root: Path, keep: int) -> None:
+    complete = sorted(p for p in ckpt_root.glob("iter_*") if (p / META_FILE).is_file())
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(path: Path) -> dict:
+    """The meta.json of checkpoint ``path``, or a GtsError saying what is wrong with it."""
+    meta_file = path / META_FILE
+    if not path.exists():
+        raise GtsError(f"checkpoint {path} does not exist")
+    if not meta_file.is_file():
+        raise GtsError(f"{path} is not a complete gts checkpoint (no {META_FILE}); "
+                       f"pass a directory like <run>/checkpoints/iter_0000010")
+    try:
+        return json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GtsError(f"{meta_file} is corrupt ({exc})") from None
+
+
+def check_model_matches(path: Path, meta: dict, model_config: ModelConfig) -> None:
+    """Refuse a checkpoint whose parameter shapes differ from ``model_config``."""
+    saved = meta.get("model", {})
+    current = model_config.model_dump(mode="json")
+    for field in SHAPE_FIELDS:
+        if saved.get(field) != current[field]:
+            raise GtsError(f"checkpoint {path} has model.{field}={saved.get(field)!r} but the config "
+                           f"says {current[field]!r}; use the checkpoint's model config")
+
+
+def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None,
+                    scheduler=None) -> dict:
+    """Load ``path`` into the model (and optimizer, scheduler, RNG when given). Collective.
+
+    Returns the saved training state ({"step", "consumed_samples", ...}). With only a model it is
+    a weights-only load that works at any parallel layout; the RNG state is restored only when the
+    world size is the one it was saved with.
+    """
+    meta = read_meta(path)
+    check_model_matches(path, meta, model_config)
+    full = optimizer is not None
+    with_rng = full and meta.get("world_size") == dist.get_world_size()
+    train_state = meta.get("train_state", {}) if full else None
+    request = _sharded_state(model, optimizer, scheduler, train_state, with_rng, is_loading=True)
+    try:
+        loaded = dist_checkpointing.load(request, str(path))
+    except Exception as exc:  # torch DCP raises many types for a damaged checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise GtsError(f"checkpoint {path} is unreadable or incomplete "
+                       f"({type(exc).__name__}: {first[:200]})") from None
+    result = unwrap(model).load_state_dict(loaded["model"], strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing:
+        raise GtsError(f"checkpoint {path} lacks {len(missing)} model tensors, e.g. {missing[0]}")
+    if full:
+        optimizer.load_state_dict(loaded["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(loaded["scheduler"])
+        if with_rng:
+            _set_rng_state(loaded["rng"])
+        return dict(loaded["train_state"])
+    return dict(meta.get("train_state", {}))

@@ -1,0 +1,206 @@
+"""The training loop on megatron-core, shared by every training stage.
+
+One step: micro-batches through megatron's forward-backward schedule (gradient accumulation),
+DDP gradient reduction, the megatron optimizer (clipping, mixed precision) and the LR schedule.
+Around it: resume from the newest checkpoint, checkpoints every N steps and on SIGTERM/SIGINT,
+metrics to metrics.jsonl and TensorBoard, a progress display, and a held-out validation loss.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from gts_megatron.config import RunConfig
+from gts_megatron.runtime.distributed import Runtime
+from gts_megatron.training import checkpoint as ckpt
+from gts_megatron.training.metrics import RunLog
+from gts_megatron.training.optim import build_optimizer
+
+Batch = dict[str, torch.Tensor]
+ForwardStep = Callable[[Batch, torch.nn.Module], tuple[torch.Tensor, Callable]]
+
+
+def lm_forward_step(batch: Batch, model: torch.nn.Module):
+    """Next-token prediction: the model's per-token losses, averaged per micro-batch."""
+    tokens = batch["tokens"]
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    per_token = model(input_ids=tokens, position_ids=positions, attention_mask=None, labels=batch["labels"])
+
+    def loss_func(output: torch.Tensor):
+        loss = output.float().mean()
+        return loss, {"loss": loss.detach().clone()}  # clone: the schedule scales `loss` in place
+
+    return per_token, loss_func
+
+
+def wrap_ddp(model: torch.nn.Module, config: TransformerConfig, distributed_optimizer: bool):
+    """Megatron DDP around ``model`` and the schedule hooks it needs."""
+    ddp = DistributedDataParallel(
+        config=config, module=model,
+        ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=distributed_optimizer))
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = ddp.no_sync  # gradient accumulation: reduce once per step
+    return ddp
+
+
+def micro_batches(dataset, first_sample: int, per_rank: int, micro_batch_size: int, dp_rank: int,
+                  device: torch.device, split: str = "train") -> Iterator[Batch]:
+    """This DP rank's micro-batches of a global batch that starts at sample ``first_sample``.
+
+    Global sample order is fixed by the step alone, so any layout, and any resumed run, reads the
+    same samples in the same place.
+    """
+    start = first_sample + dp_rank * per_rank
+    for offset in range(0, per_rank, micro_batch_size):
+        indices = list(range(start + offset, start + min(offset + micro_batch_size, per_rank)))
+        yield {k: v.to(device) for k, v in dataset.batch(indices, split).items()}
+
+
+class StopRequest:
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint at the end of the step and leave."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def agreed(self, device: torch.device) -> bool:
+        """True on every rank once any rank was signalled (collective)."""
+        flag = torch.tensor([0 if self.signum is None else self.signum], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.signum = int(flag.item()) or None
+        return self.signum is not None
+
+    def restore(self) -> None:
+        """Put the previous signal handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _mean_over_data_parallel(values: list[torch.Tensor], device: torch.device) -> float:
+    total = torch.stack([v.float() for v in values]).sum().reshape(1).to(device) if values else torch.zeros(1, device=device)
+    count = torch.tensor([float(len(values))], device=device)
+    both = torch.cat([total, count])
+    dist.all_reduce(both, group=parallel_state.get_data_parallel_group())
+    return float(both[0] / both[1]) if both[1] > 0 else float("nan")
+
+
+@dataclass
+class TrainResult:
+    """How a call to :func:`train` ended."""
+
+    step: int
+    loss: Optional[float]
+    valid_loss: Optional[float]
+    interrupted_by: Optional[int] = None
+    checkpoint: Optional[Path] = None
+
+
+def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep) -> Optional[float]:
+    """Mean loss over ``train.eval_samples`` held-out sequences (the "valid" split)."""
+    per_rank = cfg.train.eval_samples // runtime.data
+    if per_rank == 0:
+        return None
+    mbs = min(cfg.train.micro_batch_size, per_rank)
+    per_rank -= per_rank % mbs
+    data = micro_batches(dataset, 0, per_rank, mbs, parallel_state.get_data_parallel_rank(),
+                         runtime.device, split="valid")
+    model.eval()
+    with torch.no_grad():
+        out = get_forward_backward_func()(
+            forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
+            model=[model], num_microbatches=per_rank // mbs, seq_length=cfg.train.seq_length,
+            micro_batch_size=mbs, forward_only=True)
+    model.train()
+    return _mean_over_data_parallel([o["loss"] for o in out], runtime.device)
+
+
+def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
+          config: TransformerConfig, dataset, forward_step: ForwardStep = lm_forward_step,
+          desc: str = "train") -> TrainResult:
+    """Train ``model`` for ``cfg.train.steps`` optimizer steps, resuming ``run_dir`` if it has a
+    checkpoint. Collective: every rank calls it with its own shard of the model."""
+    t = cfg.train
+    per_rank = t.global_batch_size // runtime.data
+    if per_rank == 0 or per_rank % t.micro_batch_size:
+        from gts_megatron.errors import GtsError
+
+        raise GtsError(f"train.global_batch_size {t.global_batch_size} must be a multiple of "
+                       f"micro_batch_size {t.micro_batch_size} x data-parallel size {runtime.data}")
+    model = wrap_ddp(model, config, cfg.parallel.distributed_optimizer)
+    optimizer, scheduler = build_optimizer(model, t, cfg.model, cfg.parallel)
+    if config.fp16 or config.bf16:
+        config.grad_scale_func = optimizer.scale_loss
+
+    ckpt_root = run_dir / "checkpoints"
+    state = {"step": 0, "consumed_samples": 0}
+    resume_from = ckpt.latest_checkpoint(ckpt_root)
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, model, cfg.model, optimizer, scheduler)
+    elif t.init_from:
+        ckpt.load_checkpoint(Path(t.init_from), model, cfg.model)
+        optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
+    log = RunLog(run_dir, runtime.is_main, t.steps, state["step"], t.tensorboard, desc)
+    if resume_from is not None:
+        log.message(f"resumed from {resume_from} at step {state['step']}")
+
+    schedule = get_forward_backward_func()
+    stop = StopRequest()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    last_saved, loss = state["step"] if resume_from else None, None
+    try:
+        while state["step"] < t.steps:
+            started = time.perf_counter()
+            data = micro_batches(dataset, state["consumed_samples"], per_rank, t.micro_batch_size,
+                                 dp_rank, runtime.device)
+            model.zero_grad_buffer()
+            optimizer.zero_grad()
+            out = schedule(forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
+                           model=[model], num_microbatches=per_rank // t.micro_batch_size,
+                           seq_length=t.seq_length, micro_batch_size=t.micro_batch_size, forward_only=False)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+            _, grad_norm, _ = optimizer.step()
+            scheduler.step(increment=1)
+            state["step"] += 1
+            state["consumed_samples"] += t.global_batch_size
+            loss = _mean_over_data_parallel([o["loss"] for o in out], runtime.device)
+            elapsed = time.perf_counter() - started
+            if state["step"] % t.log_interval == 0 or state["step"] == t.steps:
+                log.log(state["step"], {
+                    "loss": loss, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    "lr": lr, "step_time_s": elapsed,
+                    "tokens_per_s": t.global_batch_size * t.seq_length / elapsed})
+            interrupted = stop.agreed(runtime.device)
+            due = t.save_interval and state["step"] % t.save_interval == 0
+            if due or interrupted or state["step"] == t.steps:
+                path = ckpt.save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler,
+                                            state, cfg.model, t.keep_checkpoints)
+                last_saved = state["step"]
+                if interrupted:
+                    log.message(f"stopped by signal {stop.signum} at step {state['step']}; checkpoint "
+                                f"{path}; run the same command again to resume")
+                    return TrainResult(state["step"], loss, None, stop.signum, path)
+        valid = evaluate(model, dataset, cfg, runtime, forward_step)
+        if valid is not None:
+            log.log(state["step"], {"valid_loss": valid}, show=False)
+            log.message(f"valid loss {valid:.4f} after {state['step']} steps")
+        path = ckpt_root / f"iter_{last_saved:07d}" if last_saved else None
+        return TrainResult(state["step"], loss, valid, None, path)
+    finally:
+        stop.restore()
+        log.close()

@@ -1,0 +1,49 @@
+"""Shared helpers: run the real `gts` command in subprocesses and read what runs wrote."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = str(Path(__file__).resolve().parents[1] / "gts_megatron" / "configs" / "tiny.yaml")
+
+
+def gts_env() -> dict:
+    """Environment for child processes: one OpenMP thread each (2 cores, 2 processes)."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def gts_cmd(*args: str) -> list[str]:
+    """The argv that runs `gts <args>` with this interpreter."""
+    return [sys.executable, "-m", "gts_megatron.cli", *args]
+
+
+def run_gts(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `gts <args>` to completion; with ``check`` a non-zero exit fails the test."""
+    proc = subprocess.run(gts_cmd(*args), capture_output=True, text=True, timeout=timeout, env=gts_env())
+    if check and proc.returncode != 0:
+        pytest.fail(f"gts {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every line of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> training loss of a run."""
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir) if "loss" in m}
+
+
+def valid_loss(run_dir: Path) -> float:
+    """The last validation loss a run recorded."""
+    return [m["valid_loss"] for m in read_metrics(run_dir) if "valid_loss" in m][-1]

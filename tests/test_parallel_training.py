@@ -1,0 +1,28 @@
+"""Real 2-process gloo runs: TP=2 with sequence parallel and DP=2 reproduce one process."""
+import pytest
+
+from tests.conftest import TINY, run_gts, train_losses, valid_loss
+
+STEPS = ["--set", "train.steps=5"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    run = tmp_path_factory.mktemp("single")
+    run_gts("pretrain", "--config", TINY, "--run-dir", str(run), *STEPS)
+    return run
+
+
+@pytest.mark.parametrize("layout", [
+    ["--set", "parallel.tensor=2", "--set", "parallel.sequence_parallel=true"],
+    ["--set", "parallel.tensor=2"],
+    ["--set", "parallel.data=2"],
+], ids=["tp2-sp", "tp2", "dp2"])
+def test_two_processes_match_one(single, tmp_path, layout):
+    run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path), "--nproc-per-node", "2", *STEPS, *layout)
+    expected, got = train_losses(single), train_losses(tmp_path)
+    assert sorted(got) == [1, 2, 3, 4, 5]
+    for step in expected:
+        assert abs(got[step] - expected[step]) <= 1e-5, (step, got[step], expected[step])
+    assert abs(valid_loss(tmp_path) - valid_loss(single)) <= 1e-5
+    assert expected[5] < expected[1]  # it learns

@@ -1,0 +1,80 @@
+"""Checkpoints: kill -9 and resume bit for bit, SIGTERM saves and stops, TP=2 -> TP=1 loading."""
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import TINY, gts_cmd, gts_env, run_gts, train_losses, valid_loss
+
+# dropout on, so the resumed run must also restore every rank's RNG streams to match
+RESUME_ARGS = ["--config", TINY, "--nproc-per-node", "2", "--set", "parallel.tensor=2",
+               "--set", "model.hidden_dropout=0.1", "--set", "model.attention_dropout=0.1",
+               "--set", "train.steps=24", "--set", "train.save_interval=3", "--set", "train.warmup_steps=2"]
+
+
+def latest_step(run: Path) -> int:
+    pointer = run / "checkpoints" / "latest"
+    return int(pointer.read_text().strip().split("_")[1]) if pointer.exists() else 0
+
+
+def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    tree = psutil.Process(proc.pid)
+    for p in [tree, *tree.children(recursive=True)]:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_gts("pretrain", "--run-dir", str(full), *RESUME_ARGS)
+
+    proc = subprocess.Popen(gts_cmd("pretrain", "--run-dir", str(killed), *RESUME_ARGS), env=gts_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while latest_step(killed) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    kill_tree(proc)
+    proc.wait(timeout=30)
+    saved = latest_step(killed)
+    assert 3 <= saved < 24
+    assert not (killed / "checkpoints" / "iter_0000024").exists()
+
+    resumed = run_gts("pretrain", "--run-dir", str(killed), *RESUME_ARGS)
+    assert f"resumed from {killed / 'checkpoints' / f'iter_{saved:07d}'} at step {saved}" in resumed.stderr
+    expected, got = train_losses(full), train_losses(killed)
+    assert sorted(got) == list(range(1, 25))
+    assert got == expected  # bitwise: the same floats, step for step
+    assert valid_loss(killed) == valid_loss(full)
+
+
+def test_sigterm_checkpoints_and_exits(tmp_path):
+    args = ["--config", TINY, "--set", "train.steps=100000", "--set", "train.log_interval=1"]
+    proc = subprocess.Popen(gts_cmd("pretrain", "--run-dir", str(tmp_path), *args), env=gts_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    step = latest_step(tmp_path)
+    assert step >= 1 and f"stopped by signal {int(signal.SIGTERM)} at step {step}" in err
+    assert max(train_losses(tmp_path)) == step
+
+
+def test_tp2_checkpoint_loads_at_tp1_with_the_same_loss(tmp_path):
+    tp2, tp1 = tmp_path / "tp2", tmp_path / "tp1"
+    run_gts("pretrain", "--run-dir", str(tp2), "--config", TINY, "--nproc-per-node", "2",
+            "--set", "parallel.tensor=2", "--set", "parallel.sequence_parallel=true", "--set", "train.steps=3")
+    ckpt = tp2 / "checkpoints" / "iter_0000003"
+    run_gts("pretrain", "--run-dir", str(tp1), "--config", TINY, "--set", "train.steps=0",
+            "--set", f"train.init_from={ckpt}")
+    assert abs(valid_loss(tp1) - valid_loss(tp2)) <= 1e-5
+    # and training on from it at TP=1 works
+    run_gts("pretrain", "--run-dir", str(tmp_path / "more"), "--config", TINY, "--set", "train.steps=2",
+            "--set", f"train.init_from={ckpt}")
