@@ -10,8 +10,10 @@ from pathlib import Path
 from gts_megatron.errors import GtsError
 
 # megatron-core announces every missing optional accelerator library; they are optional here
+# and torch's checkpoint code warns about its own APIs that megatron-core 0.16.1 calls
 for _pattern in (r".*Apex is not installed.*", r".*Transformer Engine and Apex are not installed.*",
-                 r".*full scope is deprecated.*"):
+                 r".*full scope is deprecated.*", r".*`load_state_dict` is deprecated.*",
+                 r".*Please use DTensor instead.*", r".*`save_state_dict` is deprecated.*"):
     warnings.filterwarnings("ignore", message=_pattern)
 
 
@@ -44,6 +46,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     if not in_launched_worker():
+        if cfg.train.init_from:  # a missing or foreign checkpoint is refused before any work
+            from gts_megatron.training.checkpoint import check_model_matches, read_meta
+
+            check_model_matches(Path(cfg.train.init_from), read_meta(Path(cfg.train.init_from)), cfg.model)
         if args.nproc_per_node < 1:
             raise GtsError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1")
         cfg.parallel.data_parallel_size(args.nproc_per_node)  # refuse a bad layout before spawning

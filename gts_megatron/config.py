@@ -23,7 +23,11 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """A Llama-style decoder: RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases."""
+    """A Llama-style decoder: RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases.
+
+    In a run config, ``model: <preset>`` takes a packaged preset and
+    ``model: {preset: <name>, <field>: <value>}`` takes one with changes.
+    """
 
     num_layers: int = Field(2, ge=1, description="number of transformer layers")
     hidden_size: int = Field(64, ge=1, description="model width")
@@ -190,6 +194,17 @@ def model_presets() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def _resolve_model(raw: dict, source: str) -> dict:
+    """``model: <preset>`` or ``model: {preset: <name>, field: value, ...}`` -> plain fields."""
+    model = raw.get("model")
+    if isinstance(model, str):
+        return {**raw, "model": _load_model_preset(model, source)}
+    if isinstance(model, dict) and "preset" in model:
+        rest = {k: v for k, v in model.items() if k != "preset"}
+        return {**raw, "model": {**_load_model_preset(str(model["preset"]), source), **rest}}
+    return raw
+
+
 def _load_model_preset(name: str, source: str) -> dict:
     if name not in model_presets():
         raise GtsError(f"{source}: model: unknown preset {name!r}; valid presets: {', '.join(model_presets())}")
@@ -232,9 +247,7 @@ def build_config(raw: Any, source: str) -> RunConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise GtsError(f"{source}: expected a mapping with sections model, parallel, train, data")
-    raw = dict(raw)
-    if isinstance(raw.get("model"), str):
-        raw["model"] = _load_model_preset(raw["model"], source)
+    raw = _resolve_model(dict(raw), source)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -253,9 +266,7 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> RunCon
     if overrides:
         if not isinstance(raw, dict):
             raise GtsError(f"{source}: expected a mapping with sections model, parallel, train, data")
-        if isinstance(raw.get("model"), str):
-            raw["model"] = _load_model_preset(raw["model"], source)
-        raw = apply_overrides(raw, list(overrides))
+        raw = apply_overrides(_resolve_model(dict(raw), source), list(overrides))
         source = f"{source} (with overrides)"
     return build_config(raw, source)
 

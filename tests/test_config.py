@@ -82,3 +82,8 @@ def test_every_field_is_documented():
             assert field.description, f"{name} has no description"
             assert f"  {name}:" in text
     assert set(model_presets()) >= {"tiny", "small", "llama-1b"}
+
+
+def test_preset_with_changes(tmp_path):
+    cfg = load_config(write(tmp_path, "model:\n  preset: small\n  vocab_size: 512\n"))
+    assert cfg.model.vocab_size == 512 and cfg.model.hidden_size == 256

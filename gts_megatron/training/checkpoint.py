@@ -173,10 +173,13 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
     request = _sharded_state(model, optimizer, scheduler, train_state, with_rng, is_loading=True)
     try:
         loaded = dist_checkpointing.load(request, str(path))
-    except Exception as exc:  # torch DCP raises many types for a damaged checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise GtsError(f"checkpoint {path} is unreadable or incomplete "
-                       f"({type(exc).__name__}: {first[:200]})") from None
+    except BaseException as exc:  # torch DCP's CheckpointException is a BaseException
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        cause = next(iter(getattr(exc, "failures", {}).values()), exc)  # DCP wraps per-rank errors
+        detail = (str(cause).strip().splitlines() or [""])[0][:200]
+        raise GtsError(f"checkpoint {path} is unreadable or incomplete ({type(cause).__name__}"
+                       f"{': ' + detail if detail else ''}); restore it or delete it to start over") from None
     result = unwrap(model).load_state_dict(loaded["model"], strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing:

@@ -1,0 +1,95 @@
+"""Bad input through the real `gts` command: one line naming the problem, exit 2, nothing written."""
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, run_gts
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def files_under(path: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*")} if path.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained")
+    run_gts("pretrain", "--config", TINY, "--run-dir", str(run), "--set", "train.steps=2")
+    return run
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("model: tiny\ntrain:\n  stepz: 3\n", ["unknown field train.stepz", "valid fields: steps"]),
+    ("model: tiny\ntrain:\n  steps: three\n", ["train.steps: Input should be a valid integer", "'three'"]),
+    ("model:\n  hidden_size: 60\n  num_attention_heads: 8\n", ["hidden_size 60 is not divisible by num_attention_heads 8"]),
+])
+def test_bad_config_file(tmp_path, text, fragments):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    run = tmp_path / "run"
+    assert_one_line_error(run_gts("pretrain", "--config", str(config), "--run-dir", str(run), check=False),
+                          str(config), *fragments)
+    assert not run.exists()
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(run_gts("pretrain", "--config", str(tmp_path / "nope.yaml"), check=False),
+                          "nope.yaml does not exist")
+
+
+def test_layout_not_matching_world_size(tmp_path):
+    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--nproc-per-node", "2",
+                   "--set", "parallel.tensor=2", "--set", "parallel.data=2", check=False)
+    assert_one_line_error(proc, "tensor(2) x data(2) = 4 does not match the world size 2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_checkpoint(tmp_path):
+    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"),
+                   "--set", f"train.init_from={tmp_path / 'nowhere'}", check=False)
+    assert_one_line_error(proc, f"checkpoint {tmp_path / 'nowhere'} does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_of_another_model(tmp_path, trained):
+    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--set", "model.num_layers=3",
+                   "--set", f"train.init_from={trained / 'checkpoints' / 'iter_0000002'}", check=False)
+    assert_one_line_error(proc, "has model.num_layers=2 but the config says 3")
+
+
+def test_corrupt_checkpoint_on_resume_changes_nothing(tmp_path, trained):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for shard in (run / "checkpoints" / "iter_0000002").glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[:100])  # truncated, as by a full disk
+    before = files_under(run)
+    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(run), "--set", "train.steps=4", check=False)
+    assert_one_line_error(proc, "iter_0000002 is unreadable or incomplete")
+    after = files_under(run)
+    assert {p for p in after if p.name != "config.yaml"} == {p for p in before if p.name != "config.yaml"}
+    assert all(after[p] == before[p] for p in before if "checkpoints" in p.parts or p.name == "metrics.jsonl")
+
+
+def test_latest_pointing_at_a_missing_checkpoint(tmp_path, trained):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "checkpoints" / "latest").write_text("iter_0000099\n")
+    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(run), check=False)
+    assert_one_line_error(proc, "names iter_0000099, which is missing or incomplete")
+
+
+def test_bad_override_syntax(tmp_path):
+    assert_one_line_error(run_gts("pretrain", "--config", TINY, "--set", "steps", check=False),
+                          "expected section.field=value")
