@@ -16,8 +16,8 @@ def gts_env() -> dict:
     """Environment for child processes: one OpenMP thread each (2 cores, 2 processes)."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # each test's processes find their own rendezvous
     return env
 
 

@@ -131,11 +131,10 @@ def init_runtime(parallel: ParallelConfig, seed: int, distributed_optimizer: boo
         set_cpu_threads(env.local_world_size)
         device = torch.device("cpu")
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", env.master_addr)
-        os.environ.setdefault("MASTER_PORT", str(env.master_port))
+        # the address goes in the init method, not os.environ, so child processes never inherit it
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo", rank=env.rank, world_size=env.world_size,
-            init_method=f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
             timeout=timedelta(minutes=int(os.environ.get("GTS_DIST_TIMEOUT_MIN", "10"))))
     if not use_cuda:
         from gts_megatron.runtime import mcore_cpu
