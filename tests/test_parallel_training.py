@@ -17,7 +17,8 @@ def single(tmp_path_factory):
     ["--set", "parallel.tensor=2", "--set", "parallel.sequence_parallel=true"],
     ["--set", "parallel.tensor=2"],
     ["--set", "parallel.data=2"],
-], ids=["tp2-sp", "tp2", "dp2"])
+    ["--set", "parallel.distributed_optimizer=true"],
+], ids=["tp2-sp", "tp2", "dp2", "dp2-distopt"])
 def test_two_processes_match_one(single, tmp_path, layout):
     run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path), "--nproc-per-node", "2", *STEPS, *layout)
     expected, got = train_losses(single), train_losses(tmp_path)

@@ -18,7 +18,7 @@ def build_dataset(cfg: RunConfig):
 
 def pretrain(cfg: RunConfig, run_dir: Path) -> TrainResult:
     """Pretrain (or resume pretraining) a dense base model into ``run_dir``. Collective."""
-    runtime = init_runtime(cfg.parallel, cfg.train.seed, cfg.parallel.distributed_optimizer)
+    runtime = init_runtime(cfg.parallel, cfg.train.seed)
     try:
         if runtime.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def init_runtime(parallel: ParallelConfig, seed: int, distributed_optimizer: bool = False) -> Runtime:
+def init_runtime(parallel: ParallelConfig, seed: int) -> Runtime:
     """Join (or create) the process group and build megatron's parallel groups."""
     env = detect_process_env()
     dp = parallel.data_parallel_size(env.world_size)
@@ -139,7 +139,7 @@ def init_runtime(parallel: ParallelConfig, seed: int, distributed_optimizer: boo
     if not use_cuda:
         from gts_megatron.runtime import mcore_cpu
 
-        mcore_cpu.apply(distributed_optimizer=distributed_optimizer)
+        mcore_cpu.apply()
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():

@@ -19,8 +19,8 @@ megatron's source, all are process-global and idempotent:
 - ``clip``: clip_grad_by_total_norm_fp32 insists on ``torch.cuda.FloatTensor`` grads.
 - ``device``: megatron's DDP, optimizer and schedules allocate with ``device="cuda"``, ``.cuda()``
   and ``pin_memory=True`` in ~15 places; a TorchFunctionMode rewrites those to the CPU.
-- ``cuda_type`` (distributed optimizer only): its parameter checks compare ``Tensor.type()``
-  strings against ``torch.cuda.*`` names.
+- ``cuda_type``: the mixed-precision and distributed optimizers check parameters by comparing
+  ``Tensor.type()`` strings against ``torch.cuda.*`` names; on CPU those report CUDA names.
 """
 from __future__ import annotations
 
@@ -201,7 +201,6 @@ def _is_cuda(device) -> bool:
 class _CudaToCpuMode(TorchFunctionMode):
     """Redirects device='cuda', .cuda(), .to('cuda') and pin_memory=True to the CPU."""
 
-    fake_cuda_type = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -213,7 +212,7 @@ class _CudaToCpuMode(TorchFunctionMode):
             return args[0]
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
             args = (args[0], "cpu", *args[2:])
-        if self.fake_cuda_type and func is torch.Tensor.type and len(args) == 1 and not kwargs:
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
             name = func(*args)
             return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
         return func(*args, **kwargs)
@@ -222,12 +221,11 @@ class _CudaToCpuMode(TorchFunctionMode):
 _mode: _CudaToCpuMode | None = None
 
 
-def _enter_cpu_device_mode(fake_cuda_type: bool) -> None:
+def _enter_cpu_device_mode() -> None:
     global _mode
     if _mode is None:
         _mode = _CudaToCpuMode()
         _mode.__enter__()  # stays active for the life of the process
-    _mode.fake_cuda_type = _mode.fake_cuda_type or fake_cuda_type
 
 
 _PATCHES = {
@@ -241,7 +239,7 @@ _PATCHES = {
 }
 
 
-def apply(distributed_optimizer: bool = False) -> None:
+def apply() -> None:
     """Patch megatron-core for CPU/gloo. Call after init_process_group, before building models."""
     if torch.cuda.is_available() and "cuda" not in _applied:
         return  # a real GPU: megatron-core runs unpatched
@@ -250,4 +248,4 @@ def apply(distributed_optimizer: bool = False) -> None:
         if name not in _applied:
             patch()
             _applied.add(name)
-    _enter_cpu_device_mode(fake_cuda_type=distributed_optimizer)
+    _enter_cpu_device_mode()

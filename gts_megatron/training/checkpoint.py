@@ -88,7 +88,10 @@ def _sharded_state(model, optimizer, scheduler, train_state, with_rng: bool, is_
     model_sd = unwrap(model).sharded_state_dict()
     state: dict[str, Any] = {"model": model_sd}
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+        # the distributed optimizer's default format (flattened ranges) cannot be written by the
+        # torch_dist backend in megatron-core 0.16.1; "fully_reshardable" loads at any DP size
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     if train_state is not None:
@@ -157,6 +160,18 @@ def check_model_matches(path: Path, meta: dict, model_config: ModelConfig) -> No
                            f"says {current[field]!r}; use the checkpoint's model config")
 
 
+def _is_distributed_optimizer(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return any(isinstance(o, DistributedOptimizer) for o in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _have_apex_or_te() -> bool:
+    from megatron.core.optimizer import distrib_optimizer
+
+    return bool(getattr(distrib_optimizer, "HAVE_APEX_OR_TE", False))
+
+
 def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None,
                     scheduler=None) -> dict:
     """Load ``path`` into the model (and optimizer, scheduler, RNG when given). Collective.
@@ -168,6 +183,10 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
     meta = read_meta(path)
     check_model_matches(path, meta, model_config)
     full = optimizer is not None
+    if full and _is_distributed_optimizer(optimizer) and not _have_apex_or_te():
+        raise GtsError(f"resuming {path} needs apex or TransformerEngine: megatron-core 0.16.1 cannot "
+                       f"reload its distributed optimizer's state without them; start a new run with "
+                       f"train.init_from={path} (weights only) instead")
     with_rng = full and meta.get("world_size") == dist.get_world_size()
     train_state = meta.get("train_state", {}) if full else None
     request = _sharded_state(model, optimizer, scheduler, train_state, with_rng, is_loading=True)
