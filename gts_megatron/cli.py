@@ -52,7 +52,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             check_model_matches(Path(cfg.train.init_from), read_meta(Path(cfg.train.init_from)), cfg.model)
         if args.nproc_per_node < 1:
             raise GtsError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1")
-        cfg.parallel.data_parallel_size(args.nproc_per_node)  # refuse a bad layout before spawning
+        cfg.data_parallel_size(args.nproc_per_node)  # refuse a bad layout before spawning
         if args.nproc_per_node > 1:
             return launch_local(_worker_argv(args), args.nproc_per_node)
     from gts_megatron.base.pretrain import pretrain

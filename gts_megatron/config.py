@@ -162,6 +162,15 @@ class RunConfig(_Section):
                              f"divisible by parallel.tensor {tp}")
         return self
 
+    def data_parallel_size(self, world_size: int) -> int:
+        """The data-parallel size for ``world_size`` processes, checked against the batch sizes."""
+        dp = self.parallel.data_parallel_size(world_size)
+        t = self.train
+        if t.global_batch_size % (t.micro_batch_size * dp):
+            raise GtsError(f"train.global_batch_size {t.global_batch_size} must be a multiple of "
+                           f"micro_batch_size {t.micro_batch_size} x data-parallel size {dp}")
+        return dp
+
 
 # --------------------------------------------------------------------------------------------
 # Loading

@@ -93,3 +93,10 @@ def test_latest_pointing_at_a_missing_checkpoint(tmp_path, trained):
 def test_bad_override_syntax(tmp_path):
     assert_one_line_error(run_gts("pretrain", "--config", TINY, "--set", "steps", check=False),
                           "expected section.field=value")
+
+
+def test_batch_not_divisible_over_data_parallel_ranks(tmp_path):
+    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--nproc-per-node", "2",
+                   "--set", "train.micro_batch_size=4", "--set", "train.global_batch_size=4", check=False)
+    assert_one_line_error(proc, "global_batch_size 4 must be a multiple of micro_batch_size 4 x data-parallel size 2")
+    assert not (tmp_path / "run").exists()

@@ -93,9 +93,8 @@ class StopRequest:
 
 
 def _mean_over_data_parallel(values: list[torch.Tensor], device: torch.device) -> float:
-    total = torch.stack([v.float() for v in values]).sum().reshape(1).to(device) if values else torch.zeros(1, device=device)
-    count = torch.tensor([float(len(values))], device=device)
-    both = torch.cat([total, count])
+    total = torch.stack([v.float() for v in values]).sum().to(device) if values else torch.zeros((), device=device)
+    both = torch.stack([total, torch.tensor(float(len(values)), device=device)])
     dist.all_reduce(both, group=parallel_state.get_data_parallel_group())
     return float(both[0] / both[1]) if both[1] > 0 else float("nan")
 
@@ -136,12 +135,7 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
     """Train ``model`` for ``cfg.train.steps`` optimizer steps, resuming ``run_dir`` if it has a
     checkpoint. Collective: every rank calls it with its own shard of the model."""
     t = cfg.train
-    per_rank = t.global_batch_size // runtime.data
-    if per_rank == 0 or per_rank % t.micro_batch_size:
-        from gts_megatron.errors import GtsError
-
-        raise GtsError(f"train.global_batch_size {t.global_batch_size} must be a multiple of "
-                       f"micro_batch_size {t.micro_batch_size} x data-parallel size {runtime.data}")
+    per_rank = t.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)
     model = wrap_ddp(model, config, cfg.parallel.distributed_optimizer)
     optimizer, scheduler = build_optimizer(model, t, cfg.model, cfg.parallel)
     if config.fp16 or config.bf16:
