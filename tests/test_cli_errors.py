@@ -19,6 +19,14 @@ def files_under(path: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in path.rglob("*")} if path.exists() else {}
 
 
+def assert_refused_before_writing(tmp_path, args, *fragments):
+    """`gts pretrain <args>` into a fresh run dir: one-line error, and the run dir never created."""
+    run = tmp_path / "run"
+    proc = run_gts("pretrain", "--run-dir", str(run), *args, check=False)
+    assert_one_line_error(proc, *fragments)
+    assert not run.exists()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("trained")
@@ -34,10 +42,7 @@ def trained(tmp_path_factory):
 def test_bad_config_file(tmp_path, text, fragments):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    run = tmp_path / "run"
-    assert_one_line_error(run_gts("pretrain", "--config", str(config), "--run-dir", str(run), check=False),
-                          str(config), *fragments)
-    assert not run.exists()
+    assert_refused_before_writing(tmp_path, ["--config", str(config)], str(config), *fragments)
 
 
 def test_missing_config_file(tmp_path):
@@ -46,17 +51,14 @@ def test_missing_config_file(tmp_path):
 
 
 def test_layout_not_matching_world_size(tmp_path):
-    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--nproc-per-node", "2",
-                   "--set", "parallel.tensor=2", "--set", "parallel.data=2", check=False)
-    assert_one_line_error(proc, "tensor(2) x data(2) = 4 does not match the world size 2")
-    assert not (tmp_path / "run").exists()
+    assert_refused_before_writing(
+        tmp_path, ["--config", TINY, "--nproc-per-node", "2", "--set", "parallel.tensor=2", "--set", "parallel.data=2"],
+        "tensor(2) x data(2) = 4 does not match the world size 2")
 
 
 def test_missing_checkpoint(tmp_path):
-    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"),
-                   "--set", f"train.init_from={tmp_path / 'nowhere'}", check=False)
-    assert_one_line_error(proc, f"checkpoint {tmp_path / 'nowhere'} does not exist")
-    assert not (tmp_path / "run").exists()
+    assert_refused_before_writing(tmp_path, ["--config", TINY, "--set", f"train.init_from={tmp_path / 'nowhere'}"],
+                                  f"checkpoint {tmp_path / 'nowhere'} does not exist")
 
 
 def test_checkpoint_of_another_model(tmp_path, trained):
@@ -96,7 +98,7 @@ def test_bad_override_syntax(tmp_path):
 
 
 def test_batch_not_divisible_over_data_parallel_ranks(tmp_path):
-    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--nproc-per-node", "2",
-                   "--set", "train.micro_batch_size=4", "--set", "train.global_batch_size=4", check=False)
-    assert_one_line_error(proc, "global_batch_size 4 must be a multiple of micro_batch_size 4 x data-parallel size 2")
-    assert not (tmp_path / "run").exists()
+    assert_refused_before_writing(
+        tmp_path, ["--config", TINY, "--nproc-per-node", "2", "--set", "train.micro_batch_size=4",
+                   "--set", "train.global_batch_size=4"],
+        "global_batch_size 4 must be a multiple of micro_batch_size 4 x data-parallel size 2")
