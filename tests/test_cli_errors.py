@@ -3,20 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, run_gts
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def files_under(path: Path) -> dict:
-    return {p: p.stat().st_mtime_ns for p in path.rglob("*")} if path.exists() else {}
+from tests.conftest import TINY, assert_one_line_error, files_under, run_gts
 
 
 def assert_refused_before_writing(tmp_path, args, *fragments):

@@ -27,6 +27,10 @@ class SyntheticTokens:
         """The chain's per-token entropy in nats: the loss a perfect model reaches."""
         return float(-(self.probs * np.log(self.probs)).sum())
 
+    def eval_sets(self, max_samples: int) -> list[tuple[str, str, int]]:
+        """(name, split key, samples) of each validation set: one, of ``max_samples`` sequences."""
+        return [("all", "valid", max_samples)]
+
     def batch(self, indices: list[int], split: str = "train") -> dict[str, torch.Tensor]:
         """Samples ``indices`` of ``split`` as {"tokens": [b, s], "labels": [b, s]} (int64)."""
         length = self.seq_length + 1

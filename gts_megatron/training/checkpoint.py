@@ -25,6 +25,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config import ModelConfig
 from gts_megatron.errors import GtsError
 
@@ -33,13 +34,6 @@ LATEST_FILE = "latest"
 # model fields that decide parameter shapes: a checkpoint must agree on all of them
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                 "ffn_hidden_size", "vocab_size", "tie_embeddings")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -32,13 +32,19 @@ ForwardStep = Callable[[Batch, torch.nn.Module], tuple[torch.Tensor, Callable]]
 
 
 def lm_forward_step(batch: Batch, model: torch.nn.Module):
-    """Next-token prediction: the model's per-token losses, averaged per micro-batch."""
+    """Next-token prediction: the model's per-token losses, averaged per micro-batch over the
+    tokens the batch's ``loss_mask`` keeps (all of them when it has none)."""
     tokens = batch["tokens"]
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     per_token = model(input_ids=tokens, position_ids=positions, attention_mask=None, labels=batch["labels"])
+    mask = batch.get("loss_mask")
 
     def loss_func(output: torch.Tensor):
-        loss = output.float().mean()
+        if mask is None:
+            loss = output.float().mean()
+        else:
+            keep = mask.float()
+            loss = (output.float() * keep).sum() / keep.sum().clamp(min=1.0)
         return loss, {"loss": loss.detach().clone()}  # clone: the schedule scales `loss` in place
 
     return per_token, loss_func
@@ -105,28 +111,47 @@ class TrainResult:
 
     step: int
     loss: Optional[float]
-    valid_loss: Optional[float]
+    valid_loss: Optional[float]  # mean over the validation sets
+    valid_losses: Optional[dict[str, float]] = None  # per validation set (per language)
     interrupted_by: Optional[int] = None
     checkpoint: Optional[Path] = None
 
 
-def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep) -> Optional[float]:
-    """Mean loss over ``train.eval_samples`` held-out sequences (the "valid" split)."""
-    per_rank = cfg.train.eval_samples // runtime.data
-    if per_rank == 0:
-        return None
-    mbs = min(cfg.train.micro_batch_size, per_rank)
-    per_rank -= per_rank % mbs
-    data = micro_batches(dataset, 0, per_rank, mbs, parallel_state.get_data_parallel_rank(),
-                         runtime.device, split="valid")
+def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep) -> dict[str, float]:
+    """Mean loss on each of the dataset's validation sets (one per language for multilingual
+    data), over at most ``train.eval_samples`` held-out sequences each. Collective."""
+    results = {}
     model.eval()
-    with torch.no_grad():
-        out = get_forward_backward_func()(
-            forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
-            model=[model], num_microbatches=per_rank // mbs, seq_length=cfg.train.seq_length,
-            micro_batch_size=mbs, forward_only=True)
+    for name, split, samples in dataset.eval_sets(cfg.train.eval_samples):
+        per_rank = samples // runtime.data
+        if per_rank == 0:
+            continue
+        mbs = min(cfg.train.micro_batch_size, per_rank)
+        per_rank -= per_rank % mbs
+        data = micro_batches(dataset, 0, per_rank, mbs, parallel_state.get_data_parallel_rank(),
+                             runtime.device, split=split)
+        with torch.no_grad():
+            out = get_forward_backward_func()(
+                forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
+                model=[model], num_microbatches=per_rank // mbs, seq_length=cfg.train.seq_length,
+                micro_batch_size=mbs, forward_only=True)
+        results[name] = _mean_over_data_parallel([o["loss"] for o in out], runtime.device)
     model.train()
-    return _mean_over_data_parallel([o["loss"] for o in out], runtime.device)
+    return results
+
+
+def _log_validation(log: RunLog, step: int, losses: dict[str, float]) -> Optional[float]:
+    """Log per-set losses and their mean; returns the mean (None without validation sets)."""
+    if not losses:
+        return None
+    mean = sum(losses.values()) / len(losses)
+    metrics = {"valid_loss": mean}
+    if len(losses) > 1:
+        metrics.update({f"valid_loss/{name}": value for name, value in losses.items()})
+    log.log(step, metrics, show=False)
+    detail = "" if len(losses) == 1 else " (" + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()) + ")"
+    log.message(f"valid loss {mean:.4f} after {step} steps{detail}")
+    return mean
 
 
 def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
@@ -188,13 +213,13 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
                 if interrupted:
                     log.message(f"stopped by signal {stop.signum} at step {state['step']}; checkpoint "
                                 f"{path}; run the same command again to resume")
-                    return TrainResult(state["step"], loss, None, stop.signum, path)
-        valid = evaluate(model, dataset, cfg, runtime, forward_step)
-        if valid is not None:
-            log.log(state["step"], {"valid_loss": valid}, show=False)
-            log.message(f"valid loss {valid:.4f} after {state['step']} steps")
+                    return TrainResult(state["step"], loss, None, None, stop.signum, path)
+            if t.eval_interval and state["step"] % t.eval_interval == 0 and state["step"] < t.steps:
+                _log_validation(log, state["step"], evaluate(model, dataset, cfg, runtime, forward_step))
+        losses = evaluate(model, dataset, cfg, runtime, forward_step)
+        valid = _log_validation(log, state["step"], losses)
         path = ckpt_root / f"iter_{last_saved:07d}" if last_saved else None
-        return TrainResult(state["step"], loss, valid, None, path)
+        return TrainResult(state["step"], loss, valid, losses or None, None, path)
     finally:
         stop.restore()
         log.close()
