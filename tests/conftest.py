@@ -36,6 +36,20 @@ def run_gts(*args: str, timeout: float = 300, check: bool = True, env: dict | No
     return proc
 
 
+@pytest.fixture(scope="session")
+def families_data(tmp_path_factory) -> Path:
+    """A small synthetic data directory: 4 token languages in 2 planted families."""
+    out = tmp_path_factory.mktemp("families") / "data"
+    run_gts("data", "synthetic", "--out", str(out), "--languages", "4", "--families", "2",
+            "--vocab-size", "256", "--documents", "40", "--document-tokens", "128")
+    return out
+
+
+def indexed_args(data_dir: Path) -> list[str]:
+    """`--set` flags that train on an indexed data directory."""
+    return ["--set", "data.kind=indexed", "--set", f"data.path={data_dir}"]
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """Every line of a run's metrics.jsonl."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import TINY, gts_cmd, gts_env, run_gts, train_losses, valid_loss
+import pytest
+
+from tests.conftest import TINY, gts_cmd, gts_env, indexed_args, run_gts, train_losses, valid_loss
 
 # dropout on, so the resumed run must also restore every rank's RNG streams to match
 RESUME_ARGS = ["--config", TINY, "--nproc-per-node", "2", "--set", "parallel.tensor=2",
@@ -28,11 +30,13 @@ def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
             pass
 
 
-def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("data", ["synthetic", "language-mixture"])
+def test_kill_9_then_resume_is_bitwise_identical(tmp_path, data, request):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run_gts("pretrain", "--run-dir", str(full), *RESUME_ARGS)
+    args = RESUME_ARGS + (indexed_args(request.getfixturevalue("families_data")) if data != "synthetic" else [])
+    run_gts("pretrain", "--run-dir", str(full), *args)
 
-    proc = subprocess.Popen(gts_cmd("pretrain", "--run-dir", str(killed), *RESUME_ARGS), env=gts_env(),
+    proc = subprocess.Popen(gts_cmd("pretrain", "--run-dir", str(killed), *args), env=gts_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while latest_step(killed) < 3 and time.time() < deadline and proc.poll() is None:
@@ -44,7 +48,7 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
     assert 3 <= saved < 24
     assert not (killed / "checkpoints" / "iter_0000024").exists()
 
-    resumed = run_gts("pretrain", "--run-dir", str(killed), *RESUME_ARGS)
+    resumed = run_gts("pretrain", "--run-dir", str(killed), *args)
     assert f"resumed from {killed / 'checkpoints' / f'iter_{saved:07d}'} at step {saved}" in resumed.stderr
     expected, got = train_losses(full), train_losses(killed)
     assert sorted(got) == list(range(1, 25))

@@ -33,8 +33,10 @@ class _TokenIds:
 def check_data(data_dir: Path, languages: Optional[list[str]], seq_length: int,
                model_vocab_size: Optional[int] = None) -> tuple[Manifest, list[str]]:
     """The manifest and the chosen languages, refused (GtsError) if the data cannot feed the run:
-    unknown languages, a split shorter than one sequence, or token ids the model cannot embed."""
+    a tokenizer file that is not the manifest's, unknown languages, a split shorter than one
+    sequence, or token ids the model cannot embed."""
     manifest = load_manifest(data_dir)
+    load_tokenizer(data_dir, manifest)
     unknown = [lang for lang in languages or [] if lang not in manifest.languages]
     if unknown:
         raise GtsError(f"data.languages: {', '.join(unknown)} not in {data_dir}; it has "
@@ -65,7 +67,6 @@ class LanguageMixture:
 
         self.manifest, self.languages = check_data(data_dir, languages, seq_length)
         self.weights = sample_weights({lang: self.manifest.tokens(lang) for lang in self.languages}, alpha)
-        load_tokenizer(data_dir, self.manifest)  # refuses a tokenizer file that is not the manifest's
         ids = _TokenIds(self.manifest.tokenizer)
         config = GPTDatasetConfig(
             random_seed=seed, sequence_length=seq_length, tokenizer=ids,
