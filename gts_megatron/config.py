@@ -111,7 +111,7 @@ class TrainConfig(_Section):
     save_interval: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept on disk")
     eval_samples: int = Field(8, ge=0, description="held-out sequences per validation set (per language)")
-    eval_interval: int = Field(0, ge=0, description="steps between validations; 0 = only at the end")
+    eval_interval: int = Field(0, ge=0, description="steps between validations (and one before training); 0 = only at the end")
     init_from: Optional[str] = Field(
         None, description="checkpoint whose model weights start a new run (any parallel layout)")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to <run>/tensorboard")

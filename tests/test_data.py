@@ -6,7 +6,7 @@ import pytest
 import sentencepiece as spm
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from tests.conftest import TINY, files_under, read_metrics, run_gts
+from tests.conftest import TINY, assert_one_line_error, files_under, read_metrics, run_gts
 
 LANGUAGES = ["en", "ru", "ko"]  # three scripts; the full default set is measured by `gts bench data`
 
@@ -80,11 +80,35 @@ def test_second_run_is_instant_and_changes_nothing(demo):
 def test_pretraining_lowers_validation_loss_in_every_language(demo, tmp_path):
     common = ["--config", TINY, "--set", "model.vocab_size=2000", "--set", "data.kind=indexed",
               "--set", f"data.path={demo['data']}", "--set", "train.eval_samples=8", "--set", "train.seq_length=64"]
-    run_gts("pretrain", "--run-dir", str(tmp_path / "init"), *common, "--set", "train.steps=0")
-    run_gts("pretrain", "--run-dir", str(tmp_path / "trained"), *common, "--set", "train.steps=40",
-            "--set", "train.lr=3e-3")
-    initial = read_metrics(tmp_path / "init")[-1]
-    final = [m for m in read_metrics(tmp_path / "trained") if "valid_loss" in m][-1]
+    run_gts("pretrain", "--run-dir", str(tmp_path), *common, "--set", "train.steps=40", "--set", "train.lr=3e-3",
+            "--set", "train.eval_interval=40")  # validates before training too
+    initial, final = [m for m in read_metrics(tmp_path) if "valid_loss" in m]
+    assert (initial["step"], final["step"]) == (0, 40)
     for lang in LANGUAGES:
         assert final[f"valid_loss/{lang}"] < initial[f"valid_loss/{lang}"] - 0.5, (lang, initial, final)
     assert np.isclose(final["valid_loss"], np.mean([final[f"valid_loss/{lang}"] for lang in LANGUAGES]))
+
+
+def test_debian_sources_add_languages_the_bible_lacks(demo, tmp_path):
+    """Real Debian packages via apt-get download (the machines this runs on have Debian's apt)."""
+    out = tmp_path / "corpus"
+    proc = run_gts("data", "demo-corpus", "--out", str(out), "--with-debian", "--languages", "en,fi,bg",
+                   env=demo["env"], timeout=600)
+    sources = json.loads((out / "sources.json").read_text())
+    assert sorted(sources) == ["bg", "en", "fi"] and sorted(p.name for p in out.glob("*.txt")) == ["bg.txt", "en.txt", "fi.txt"]
+    assert "GPL-2.0-or-later" in sources["fi"]["licence"] and "GPL" in proc.stdout
+    assert sources["en"]["licence"].startswith("public domain")  # no Wesnoth English: it is the source text
+    finnish = chapters(out / "fi.txt")
+    assert len(finnish) > 1000 and sum(map(len, finnish)) > 100_000
+    assert not any("<" in doc or "$" in doc for doc in finnish[:500])  # markup and variables removed
+    assert len(chapters(out / "en.txt")) == 1189
+
+
+@pytest.mark.parametrize("languages, fragments", [
+    ("en,hi", ["'hi' is only in a version marked copyrighted", "--include-restricted"]),
+    ("en,fi", ["the demo corpus has no 'fi'", "--with-debian"]),
+])
+def test_demo_corpus_refuses_languages_it_cannot_give(tmp_path, languages, fragments):
+    proc = run_gts("data", "demo-corpus", "--out", str(tmp_path / "corpus"), "--languages", languages, check=False)
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "corpus").exists()

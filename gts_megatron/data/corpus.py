@@ -26,15 +26,19 @@ _CODE = re.compile(r"^(?P<primary>[a-z]{2,3})(?:[-_](?P<sub>[A-Za-z0-9]{2,8}))*$
 DocSeparator = Literal["auto", "line", "blank"]
 
 
-def check_language_code(code: str, where: str) -> str:
-    """``code`` if it is an ISO 639-1/639-3 language code (with optional subtags), else a GtsError."""
-    import pycountry  # imported here: its database loads lazily and only prepare needs it
+def is_language_code(code: str) -> bool:
+    """True for an ISO 639-1/639-3 language code, optionally with script or region subtags."""
+    import pycountry  # imported here: its database loads lazily and only corpus reading needs it
 
     match = _CODE.match(code)
     primary = match.group("primary") if match else None
-    known = primary and (pycountry.languages.get(alpha_2=primary) if len(primary) == 2
-                         else pycountry.languages.get(alpha_3=primary))
-    if not known:
+    return bool(primary and (pycountry.languages.get(alpha_2=primary) if len(primary) == 2
+                             else pycountry.languages.get(alpha_3=primary)))
+
+
+def check_language_code(code: str, where: str) -> str:
+    """``code`` if it is a known language code (:func:`is_language_code`), else a GtsError."""
+    if not is_language_code(code):
         raise GtsError(f"{where}: {code!r} is not a known language code; name files by ISO 639-1 or "
                        f"639-3 code with optional subtags, e.g. en.txt, yue.jsonl, zh-Hans.txt.gz")
     return code

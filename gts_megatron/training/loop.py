@@ -183,6 +183,8 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
     dp_rank = parallel_state.get_data_parallel_rank()
     last_saved, loss = state["step"] if resume_from else None, None
     try:
+        if t.eval_interval and resume_from is None and state["step"] < t.steps:  # the untrained baseline
+            _log_validation(log, 0, evaluate(model, dataset, cfg, runtime, forward_step))
         while state["step"] < t.steps:
             started = time.perf_counter()
             data = micro_batches(dataset, state["consumed_samples"], per_rank, t.micro_batch_size,

@@ -1,0 +1,1 @@
+"""`gts bench`: measured figures, each against a baseline taken in the same run."""
