@@ -28,6 +28,8 @@ def _add_run_args(p: argparse.ArgumentParser, default_run_dir: str) -> None:
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     argv = [args.command, "--run-dir", args.run_dir]
+    if getattr(args, "stage", None):
+        argv += ["--stage", args.stage]
     if args.config:
         argv += ["--config", args.config]
     for item in args.set:
@@ -39,28 +41,60 @@ def _exit_code(result) -> int:
     return 128 + result.interrupted_by if result.interrupted_by else 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Train a dense base model from scratch."""
-    from gts_megatron.config import load_config
+def _run_training(args: argparse.Namespace, cfg, stage) -> int:
+    """Check what can be checked before any process starts, then run ``stage(cfg, run_dir)``
+    here or in ``--nproc-per-node`` local workers."""
     from gts_megatron.runtime.launch import in_launched_worker, launch_local
 
-    cfg = load_config(args.config, args.set)
     if not in_launched_worker():
-        if cfg.train.init_from:  # a missing or foreign checkpoint is refused before any work
-            from gts_megatron.training.checkpoint import check_model_matches, read_meta
-
-            check_model_matches(Path(cfg.train.init_from), read_meta(Path(cfg.train.init_from)), cfg.model)
         if args.nproc_per_node < 1:
             raise GtsError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1")
         cfg.data_parallel_size(args.nproc_per_node)  # refuse a bad layout before spawning
         from gts_megatron.base.pretrain import check_run_data
 
         check_run_data(cfg)
+        moe = None
+        if cfg.moe.plan:
+            from gts_megatron.plan.plan_file import moe_identity
+            from gts_megatron.train import check_moe
+
+            moe = moe_identity(check_moe(cfg))
+        if cfg.train.init_from:  # a missing or foreign checkpoint is refused before any work
+            from gts_megatron.engine.checkpoint import check_model_matches, read_meta, resolve_checkpoint
+
+            init = resolve_checkpoint(Path(cfg.train.init_from))
+            check_model_matches(init, read_meta(init), cfg.model, moe)
         if args.nproc_per_node > 1:
             return launch_local(_worker_argv(args), args.nproc_per_node)
-    from gts_megatron.base.pretrain import pretrain
+    return _exit_code(stage(cfg, Path(args.run_dir)))
 
-    return _exit_code(pretrain(cfg, Path(args.run_dir)))
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Train a dense base model from scratch."""
+    from gts_megatron.base.pretrain import pretrain
+    from gts_megatron.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if cfg.moe.plan:
+        raise GtsError("moe.plan is set: pretrain builds the dense base model; use `gts train` for the MoE")
+    return _run_training(args, cfg, pretrain)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """GtS training of the expanded model: --stage group (routed by language group) or learned."""
+    from gts_megatron.config import load_config
+    from gts_megatron.train import train_stage
+
+    cfg = load_config(args.config, [f"moe.stage={args.stage}", *args.set])
+    return _run_training(args, cfg, train_stage)
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    """Turn a dense checkpoint into the planned MoE model (function-preserving)."""
+    from gts_megatron.expand import expand
+
+    expand(Path(args.dense), Path(args.plan), Path(args.out or Path(args.run_dir) / "moe"), args.seed)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -149,6 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help=cmd_pretrain.__doc__)
     _add_run_args(p, "runs/pretrain")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("expand", help=cmd_expand.__doc__)
+    p.add_argument("--dense", required=True, help="dense checkpoint (or a checkpoints directory: its latest)")
+    p.add_argument("--plan", required=True, help="plan.json")
+    p.add_argument("--run-dir", default="runs/demo", help="the MoE checkpoint goes to <run-dir>/moe")
+    p.add_argument("--out", help="checkpoint directory (overrides --run-dir)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the routers' initialisation")
+    p.set_defaults(func=cmd_expand)
+
+    p = sub.add_parser("train", help=cmd_train.__doc__)
+    _add_run_args(p, "runs/train")
+    p.add_argument("--stage", choices=["group", "learned"], required=True,
+                   help="group: stage 1, routed by language group; learned: stage 2, top-k router")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_run_args(p, "runs/demo")

@@ -1,6 +1,6 @@
 """Typed, validated run configuration: the one place where config values are checked.
 
-A run config is YAML with four sections (``model``, ``parallel``, ``train``, ``data``). Every
+A run config is YAML with five sections (``model``, ``parallel``, ``train``, ``data``, ``moe``). Every
 field is documented below; ``gts config show`` prints them with their defaults. Unknown keys and
 wrong types are rejected with a one-line :class:`GtsError` naming the file and the field.
 """
@@ -149,6 +149,19 @@ class DataConfig(_Section):
         return self
 
 
+class MoEConfig(_Section):
+    """The GtS mixture-of-experts: which plan, which training stage, how tokens are dispatched."""
+
+    plan: Optional[str] = Field(None, description="plan.json (groups, experts, MoE layers); null = a dense model")
+    stage: Literal["group", "learned"] = Field(
+        "group", description="group: each token to its language group's expert, plus the router loss; "
+                             "learned: megatron's top-k router with load balancing (no group ids needed)")
+    dispatcher: Literal["alltoall", "allgather"] = Field("alltoall", description="megatron-core token dispatcher")
+    router_loss_weight: float = Field(1.28, ge=0, description="group: weight alpha of the router classification loss")
+    topk: int = Field(2, ge=1, description="learned: experts per token")
+    aux_loss_coeff: float = Field(0.02, ge=0, description="learned: load-balancing loss coefficient")
+
+
 class PrepareConfig(_Section):
     """`gts data prepare`: corpus directory -> tokenizer -> per-language token datasets."""
 
@@ -200,12 +213,13 @@ class SyntheticDataConfig(_Section):
 
 
 class RunConfig(_Section):
-    """A whole run: model, parallel layout, training and data."""
+    """A whole run: model, parallel layout, training, data and (for GtS stages) the MoE."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    moe: MoEConfig = Field(default_factory=MoEConfig)
 
     @model_validator(mode="after")
     def _fits_model(self) -> "RunConfig":
@@ -219,6 +233,9 @@ class RunConfig(_Section):
                              f"and num_query_groups {groups}")
         if self.model.ffn_hidden_size % tp:
             raise ValueError(f"parallel.tensor {tp} must divide ffn_hidden_size {self.model.ffn_hidden_size}")
+        if self.moe.plan and self.moe.stage == "group" and self.data.kind != "indexed":
+            raise ValueError("moe.stage group routes tokens by their language's group: it needs "
+                             "data.kind indexed (a data directory with languages)")
         if self.parallel.sequence_parallel and self.train.seq_length % tp:
             raise ValueError(f"sequence_parallel needs train.seq_length {self.train.seq_length} "
                              f"divisible by parallel.tensor {tp}")

@@ -97,8 +97,10 @@ def _sharded_state(model, optimizer, scheduler, train_state, with_rng: bool, is_
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
-                    train_state: dict, model_config: ModelConfig, keep: int) -> Path:
-    """Save a full training checkpoint for ``step`` (collective: every rank calls it)."""
+                    train_state: dict, model_config: ModelConfig, keep: int, moe: Optional[dict] = None) -> Path:
+    """Save a training checkpoint for ``step`` (collective: every rank calls it). Without an
+    optimizer and scheduler it holds the model weights only. ``moe`` (experts, MoE layers, plan
+    checksum) goes into meta.json for an MoE model."""
     name = f"iter_{step:07d}"
     final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
     is_main = dist.get_rank() == 0
@@ -114,7 +116,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
         meta = {"step": step, "world_size": dist.get_world_size(),
                 "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
                 "expert_parallel": parallel_state.get_expert_model_parallel_world_size(),
-                "model": model_config.model_dump(mode="json"), "train_state": dict(train_state)}
+                "model": model_config.model_dump(mode="json"), "train_state": dict(train_state), "moe": moe}
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -144,14 +146,34 @@ def read_meta(path: Path) -> dict:
         raise GtsError(f"{meta_file} is corrupt ({exc})") from None
 
 
-def check_model_matches(path: Path, meta: dict, model_config: ModelConfig) -> None:
-    """Refuse a checkpoint whose parameter shapes differ from ``model_config``."""
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint directory, or the newest checkpoint of a directory with a ``latest`` pointer."""
+    if (path / LATEST_FILE).is_file():
+        return latest_checkpoint(path)
+    return path
+
+
+def check_model_matches(path: Path, meta: dict, model_config: ModelConfig, moe: Optional[dict] = None) -> None:
+    """Refuse a checkpoint whose parameter shapes differ from ``model_config`` (and, for an MoE
+    model, whose experts or MoE layers differ from ``moe``)."""
     saved = meta.get("model", {})
     current = model_config.model_dump(mode="json")
     for field in SHAPE_FIELDS:
         if saved.get(field) != current[field]:
             raise GtsError(f"checkpoint {path} has model.{field}={saved.get(field)!r} but the config "
                            f"says {current[field]!r}; use the checkpoint's model config")
+    saved_moe = meta.get("moe")
+    if moe is None and saved_moe is not None:
+        raise GtsError(f"checkpoint {path} is an MoE model ({saved_moe['experts']} experts in layers "
+                       f"{saved_moe['layers']}); set moe.plan to its plan")
+    if moe is not None and saved_moe is None:
+        raise GtsError(f"checkpoint {path} is a dense model; turn it into the planned MoE model with "
+                       f"`gts expand` first")
+    if moe is not None:
+        for key in moe:
+            if saved_moe.get(key) != moe[key]:
+                raise GtsError(f"checkpoint {path} does not match the plan: it has {key} {saved_moe.get(key)} "
+                               f"but the plan has {moe[key]}")
 
 
 def _is_distributed_optimizer(optimizer) -> bool:
@@ -167,7 +189,7 @@ def _have_apex_or_te() -> bool:
 
 
 def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None,
-                    scheduler=None) -> dict:
+                    scheduler=None, moe: Optional[dict] = None) -> dict:
     """Load ``path`` into the model (and optimizer, scheduler, RNG when given). Collective.
 
     Returns the saved training state ({"step", "consumed_samples", ...}). With only a model it is
@@ -175,7 +197,7 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
     world size is the one it was saved with.
     """
     meta = read_meta(path)
-    check_model_matches(path, meta, model_config)
+    check_model_matches(path, meta, model_config, moe)
     full = optimizer is not None
     if full and _is_distributed_optimizer(optimizer) and not _have_apex_or_te():
         raise GtsError(f"resuming {path} needs apex or TransformerEngine: megatron-core 0.16.1 cannot "

@@ -23,9 +23,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from gts_megatron.config import RunConfig
 from gts_megatron.runtime.distributed import Runtime
-from gts_megatron.training import checkpoint as ckpt
-from gts_megatron.training.metrics import RunLog
-from gts_megatron.training.optim import build_optimizer
+from gts_megatron.engine import checkpoint as ckpt
+from gts_megatron.engine.metrics import RunLog
+from gts_megatron.engine.optim import build_optimizer
 
 Batch = dict[str, torch.Tensor]
 ForwardStep = Callable[[Batch, torch.nn.Module], tuple[torch.Tensor, Callable]]
@@ -105,6 +105,12 @@ def _mean_over_data_parallel(values: list[torch.Tensor], device: torch.device) -
     return float(both[0] / both[1]) if both[1] > 0 else float("nan")
 
 
+def _mean_reports(reports: list[dict], device: torch.device) -> dict[str, float]:
+    """Each reported metric (loss, router accuracy, ...) averaged over micro-batches and DP ranks."""
+    keys = list(reports[0]) if reports else ["loss"]
+    return {key: _mean_over_data_parallel([r[key] for r in reports], device) for key in keys}
+
+
 @dataclass
 class TrainResult:
     """How a call to :func:`train` ended."""
@@ -156,9 +162,10 @@ def _log_validation(log: RunLog, step: int, losses: dict[str, float]) -> Optiona
 
 def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
           config: TransformerConfig, dataset, forward_step: ForwardStep = lm_forward_step,
-          desc: str = "train") -> TrainResult:
+          desc: str = "train", moe: Optional[dict] = None) -> TrainResult:
     """Train ``model`` for ``cfg.train.steps`` optimizer steps, resuming ``run_dir`` if it has a
-    checkpoint. Collective: every rank calls it with its own shard of the model."""
+    checkpoint. Collective: every rank calls it with its own shard of the model. ``moe``
+    describes an MoE model's layout; checkpoints record it and must agree with it."""
     t = cfg.train
     per_rank = t.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)
     model = wrap_ddp(model, config, cfg.parallel.distributed_optimizer)
@@ -170,9 +177,9 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
     state = {"step": 0, "consumed_samples": 0}
     resume_from = ckpt.latest_checkpoint(ckpt_root)
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, model, cfg.model, optimizer, scheduler)
+        state = ckpt.load_checkpoint(resume_from, model, cfg.model, optimizer, scheduler, moe=moe)
     elif t.init_from:
-        ckpt.load_checkpoint(Path(t.init_from), model, cfg.model)
+        ckpt.load_checkpoint(ckpt.resolve_checkpoint(Path(t.init_from)), model, cfg.model, moe=moe)
         optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
     log = RunLog(run_dir, runtime.is_main, t.steps, state["step"], t.tensorboard, desc)
     if resume_from is not None:
@@ -199,18 +206,19 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
             scheduler.step(increment=1)
             state["step"] += 1
             state["consumed_samples"] += t.global_batch_size
-            loss = _mean_over_data_parallel([o["loss"] for o in out], runtime.device)
+            reported = _mean_reports(out, runtime.device)
+            loss = reported["loss"]
             elapsed = time.perf_counter() - started
             if state["step"] % t.log_interval == 0 or state["step"] == t.steps:
                 log.log(state["step"], {
-                    "loss": loss, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    **reported, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                     "lr": lr, "step_time_s": elapsed,
                     "tokens_per_s": t.global_batch_size * t.seq_length / elapsed})
             interrupted = stop.agreed(runtime.device)
             due = t.save_interval and state["step"] % t.save_interval == 0
             if due or interrupted or state["step"] == t.steps:
                 path = ckpt.save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler,
-                                            state, cfg.model, t.keep_checkpoints)
+                                            state, cfg.model, t.keep_checkpoints, moe=moe)
                 last_saved = state["step"]
                 if interrupted:
                     log.message(f"stopped by signal {stop.signum} at step {state['step']}; checkpoint "

@@ -1,0 +1,148 @@
+"""The GtS mixture-of-experts model: megatron-core MoE layers with one expert per language group.
+
+Composition, not flags: the dense Llama layer spec, with the MLP of each planned layer replaced
+by megatron's MoELayer, whose router is
+
+- stage "group": :class:`GroupRouter`. Each token goes to its language group's expert with weight
+  1 (top-1). The router still computes logits, trained toward the group's expert with a
+  cross-entropy "router classification" loss (weight alpha), so stage 2 can start from it.
+- stage "learned": megatron's own TopKRouter (softmax over the top-k logits, load-balancing
+  loss), the same ``router.weight``, so a stage-1 checkpoint loads into it directly.
+
+Megatron's MoE layer only sees hidden states, so per-token group ids reach the routers through
+:data:`ROUTING`, which the training step fills for every micro-batch (sequence parallel: each TP
+rank takes its own chunk of the sequence).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core.transformer.moe.moe_layer import MoELayer
+from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+from megatron.core.transformer.moe.router import Router
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from gts_megatron.config import ModelConfig, MoEConfig
+from gts_megatron.errors import GtsError
+from gts_megatron.model.llama import count_parameters, decoder_spec
+from gts_megatron.plan.plan_file import Plan
+
+
+class RoutingContext:
+    """Per-micro-batch side channel from the training step to the routers, and back (metrics)."""
+
+    def __init__(self):
+        self.group_ids: Optional[torch.Tensor] = None  # [batch, seq] group id of every token
+        self._stats: list[torch.Tensor] = []           # per router call: [ce sum, correct, tokens]
+
+    def begin(self, group_ids: Optional[torch.Tensor]) -> None:
+        """Set the group ids of the next forward pass ([batch] per sample or [batch, seq])."""
+        self.group_ids = group_ids
+        self._stats = []
+
+    def token_group_ids(self, seq: int, batch: int, sequence_parallel: bool, tp_group) -> torch.Tensor:
+        """Group ids of the tokens a router sees, in megatron's [seq, batch] order, flattened."""
+        if self.group_ids is None:
+            raise GtsError("a group-routed step got no group ids: stage 'group' needs data with languages "
+                           "(data.kind indexed) and a plan whose groups cover them")
+        ids = self.group_ids
+        if ids.dim() == 1:
+            ids = ids[:, None].expand(-1, seq * (tp_group.size() if sequence_parallel else 1))
+        ids = ids.transpose(0, 1)  # [seq, batch]
+        if sequence_parallel and ids.shape[0] != seq:  # this TP rank's chunk of the sequence
+            rank = tp_group.rank()
+            ids = ids[rank * seq:(rank + 1) * seq]
+        if ids.shape != (seq, batch):
+            raise GtsError(f"group ids of shape {tuple(ids.shape)} do not match the tokens ({seq}, {batch})")
+        return ids.reshape(-1)
+
+    def record(self, stats: torch.Tensor) -> None:
+        self._stats.append(stats)
+
+    def collect(self, tp_group, sequence_parallel: bool) -> dict[str, torch.Tensor]:
+        """Router loss and accuracy of this forward pass, averaged over the MoE layers."""
+        if not self._stats:
+            return {}
+        total = torch.stack(self._stats).sum(0)
+        if sequence_parallel:  # each TP rank routed its own chunk of the tokens
+            dist.all_reduce(total, group=tp_group)
+        self._stats = []
+        return {"router_loss": total[0] / total[2], "router_accuracy": total[1] / total[2]}
+
+
+ROUTING = RoutingContext()
+
+
+class GroupRouter(Router):
+    """Stage 1: top-1 routing to the expert of each token's language group, weight 1, plus the
+    router classification loss on the router's logits (MoELayer's router interface)."""
+
+    def __init__(self, config: TransformerConfig, pg_collection=None, group_to_expert=(0,),
+                 loss_weight: float = 1.28):
+        super().__init__(config, pg_collection)
+        self.loss_weight = loss_weight
+        self.register_buffer("group_to_expert", torch.tensor(list(group_to_expert), dtype=torch.long),
+                             persistent=False)
+
+    def routing(self, logits: torch.Tensor):
+        raise NotImplementedError("GroupRouter routes by group id, not by logits")
+
+    def forward(self, input: torch.Tensor, padding_mask=None):
+        """hidden [s, b, h] -> (probs, routing_map), each [s*b, experts], one expert per token."""
+        seq, batch = input.shape[:2]
+        groups = ROUTING.token_group_ids(seq, batch, self.config.sequence_parallel, self.tp_group)
+        experts = self.group_to_expert.to(groups.device)[groups]
+        routing_map = F.one_hot(experts, self.num_experts).bool()
+        probs = routing_map.to(input.dtype)
+        logits = self.gating(input).reshape(-1, self.num_experts).float()
+        ce_sum = F.cross_entropy(logits, experts, reduction="sum")
+        ROUTING.record(torch.stack([ce_sum.detach(), (logits.argmax(-1) == experts).sum().float(),
+                                    torch.tensor(float(experts.numel()), device=logits.device)]))
+        if self.training and self.loss_weight > 0 and torch.is_grad_enabled():
+            # mean over every token of the micro-batch: with sequence parallelism the router's
+            # gradient is summed over TP ranks, so each rank divides by the global token count
+            tokens = experts.numel() * (self.tp_group.size() if self.config.sequence_parallel else 1)
+            probs = MoEAuxLossAutoScaler.apply(probs, ce_sum * (self.loss_weight / tokens))
+        return probs, routing_map
+
+
+def moe_transformer_fields(model: ModelConfig, moe: MoEConfig, plan: Plan) -> dict:
+    """TransformerConfig fields that make the planned layers MoE layers for ``moe.stage``."""
+    learned = moe.stage == "learned"
+    topk = moe.topk if learned else 1
+    return dict(
+        num_moe_experts=plan.num_experts, moe_ffn_hidden_size=model.ffn_hidden_size,
+        moe_layer_freq=[int(i in plan.moe_layers) for i in range(model.num_layers)],
+        moe_router_topk=topk, moe_router_pre_softmax=topk == 1,  # top-2: softmax over the chosen two
+        moe_router_load_balancing_type="aux_loss" if learned else "none",
+        moe_aux_loss_coeff=moe.aux_loss_coeff if learned else 0.0,
+        moe_token_dispatcher_type=moe.dispatcher, moe_grouped_gemm=False, moe_router_dtype="fp32")
+
+
+def gts_decoder_spec(config: TransformerConfig, model: ModelConfig, moe: MoEConfig,
+                     plan: Plan) -> TransformerBlockSubmodules:
+    """The dense decoder spec with group routers in the MoE layers (stage "group")."""
+    block = decoder_spec(config, model.attention)
+    if moe.stage == "group":
+        router = functools.partial(GroupRouter, group_to_expert=plan.group_to_expert,
+                                   loss_weight=moe.router_loss_weight)
+        for spec in block.layer_specs:
+            if spec.submodules.mlp.module is MoELayer:
+                spec.submodules.mlp.submodules.router = router
+                spec.submodules.mlp.submodules.shared_experts = None
+    return block
+
+
+def moe_parameter_counts(model: ModelConfig, plan: Plan, topk: int) -> tuple[int, int]:
+    """(total, active per token) parameters of the expanded model, unsharded."""
+    expert = 3 * model.hidden_size * model.ffn_hidden_size  # gate, up, down
+    router = plan.num_experts * model.hidden_size
+    layers = len(plan.moe_layers)
+    dense = count_parameters(model)
+    return (dense + layers * ((plan.num_experts - 1) * expert + router),
+            dense + layers * ((topk - 1) * expert + router))

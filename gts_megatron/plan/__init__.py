@@ -1,0 +1,1 @@
+"""Stage "plan": language similarity -> groups -> MoE layers -> plan.json."""

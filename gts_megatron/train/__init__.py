@@ -1,0 +1,72 @@
+"""Stage "train": GtS training of the expanded MoE model (``gts train --stage group|learned``).
+
+Stage 1 ("group"): every token goes to the expert of its language's group, and the routers learn
+to predict that expert (router classification loss, weight ``moe.router_loss_weight``, logged
+as ``router_loss`` and ``router_accuracy``). Start it from `gts expand`'s checkpoint.
+Stage 2 ("learned"): megatron's top-k router with load balancing; no group ids, at training or
+inference. Start it from a stage-1 checkpoint: the router weights carry over.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron.core import parallel_state
+
+from gts_megatron.base.pretrain import build_dataset
+from gts_megatron.config import RunConfig
+from gts_megatron.engine.checkpoint import unwrap
+from gts_megatron.engine.loop import TrainResult, lm_forward_step, train
+from gts_megatron.engine.session import training_session
+from gts_megatron.errors import GtsError
+from gts_megatron.model.gts import ROUTING, gts_decoder_spec, moe_parameter_counts, moe_transformer_fields
+from gts_megatron.model.llama import build_model, transformer_config
+from gts_megatron.plan.plan_file import Plan, load_plan, moe_identity
+
+
+def check_moe(cfg: RunConfig) -> Plan:
+    """The run's plan, refused if the model or the expert-parallel layout cannot hold it."""
+    if not cfg.moe.plan:
+        raise GtsError("moe.plan is not set: GtS training needs the plan.json that `gts plan` wrote")
+    plan = load_plan(Path(cfg.moe.plan))
+    plan.check_model(cfg.model.num_layers, cfg.moe.plan)
+    ep = cfg.parallel.expert
+    if plan.num_experts % ep:
+        raise GtsError(f"{cfg.moe.plan}: {plan.num_experts} experts cannot be spread evenly over "
+                       f"parallel.expert={ep} ranks; use an expert-parallel size that divides {plan.num_experts}")
+    if cfg.moe.stage == "learned" and cfg.moe.topk > plan.num_experts:
+        raise GtsError(f"moe.topk {cfg.moe.topk} is more than the plan's {plan.num_experts} experts")
+    return plan
+
+
+def gts_forward_step(batch, model):
+    """The LM step with group ids handed to the routers, and their loss and accuracy reported."""
+    ROUTING.begin(batch.get("group_ids"))
+    output, loss_func = lm_forward_step(batch, model)
+    sequence_parallel = unwrap(model).config.sequence_parallel
+
+    def with_router_metrics(output_tensor):
+        loss, report = loss_func(output_tensor)
+        routed = ROUTING.collect(parallel_state.get_tensor_model_parallel_group(), sequence_parallel)
+        return loss, {**report, **{k: v.detach() for k, v in routed.items()}}
+
+    return output, with_router_metrics
+
+
+def build_gts_model(cfg: RunConfig, plan: Plan):
+    """The expanded model for ``cfg.moe.stage`` on this rank (its TP/EP shard) and its config."""
+    config = transformer_config(cfg.model, cfg.parallel, **moe_transformer_fields(cfg.model, cfg.moe, plan))
+    return build_model(cfg.model, config, gts_decoder_spec(config, cfg.model, cfg.moe, plan)), config
+
+
+def train_stage(cfg: RunConfig, run_dir: Path) -> TrainResult:
+    """Run (or resume) GtS training stage ``cfg.moe.stage`` into ``run_dir``. Collective."""
+    plan = check_moe(cfg)
+    total, active = moe_parameter_counts(cfg.model, plan, 1 if cfg.moe.stage == "group" else cfg.moe.topk)
+    banner = (f"GtS model, stage {cfg.moe.stage}: {total / 1e6:.2f}M parameters, {active / 1e6:.2f}M active "
+              f"per token; {plan.num_experts} experts in layers {sorted(plan.moe_layers)}")
+    with training_session(cfg, run_dir, banner) as runtime:
+        model, config = build_gts_model(cfg, plan)
+        groups = plan.language_to_group if cfg.moe.stage == "group" else None
+        dataset = build_dataset(cfg, run_dir, groups)
+        return train(cfg, run_dir, runtime, model, config, dataset, gts_forward_step,
+                     desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan))
