@@ -65,12 +65,28 @@ class ParallelConfig(_Section):
 
     tensor: int = Field(1, ge=1, description="tensor-parallel size")
     expert: int = Field(1, ge=1, description="expert-parallel size (MoE layers)")
-    expert_tensor: int = Field(1, ge=1, description="tensor-parallel size inside each expert")
+    expert_tensor: Optional[int] = Field(
+        None, ge=1, description="tensor-parallel size inside each expert; null = parallel.tensor")
     data: Optional[int] = Field(
         None, ge=1, description="data-parallel size; null = world size / tensor")
     sequence_parallel: bool = Field(
         False, description="shard activations along the sequence across tensor-parallel ranks")
     distributed_optimizer: bool = Field(False, description="shard optimizer state over data-parallel ranks")
+
+    @property
+    def expert_tensor_size(self) -> int:
+        """Tensor-parallel size inside each expert (megatron's default: the dense TP size)."""
+        return self.expert_tensor if self.expert_tensor is not None else self.tensor
+
+    @model_validator(mode="after")
+    def _experts_reducible(self) -> "ParallelConfig":
+        if self.expert == 1 and self.expert_tensor_size != self.tensor:
+            # megatron-core 0.16.1 treats experts without expert parallelism as dense weights and
+            # reduces their gradients over the data-parallel group only, so replicas on different
+            # tensor-parallel ranks (which see different tokens) would silently drift apart
+            raise ValueError(f"expert_tensor {self.expert_tensor} must equal tensor {self.tensor} "
+                             f"when expert is 1")
+        return self
 
     def data_parallel_size(self, world_size: int) -> int:
         """The data-parallel size for ``world_size`` processes, or a GtsError if it cannot hold."""
@@ -81,9 +97,9 @@ class ParallelConfig(_Section):
             raise GtsError(
                 f"parallel layout tensor({self.tensor}) x data({self.data}) = {self.tensor * self.data} "
                 f"does not match the world size {world_size}; set parallel.data to {dp} or null")
-        if world_size % (self.expert * self.expert_tensor):
+        if world_size % (self.expert * self.expert_tensor_size):
             raise GtsError(
-                f"parallel.expert({self.expert}) x parallel.expert_tensor({self.expert_tensor}) "
+                f"parallel.expert({self.expert}) x parallel.expert_tensor({self.expert_tensor_size}) "
                 f"does not divide the world size {world_size}")
         return dp
 
@@ -233,6 +249,9 @@ class RunConfig(_Section):
                              f"and num_query_groups {groups}")
         if self.model.ffn_hidden_size % tp:
             raise ValueError(f"parallel.tensor {tp} must divide ffn_hidden_size {self.model.ffn_hidden_size}")
+        if self.moe.plan and tp > 1 and not self.parallel.sequence_parallel:
+            raise ValueError("an MoE model with parallel.tensor > 1 needs parallel.sequence_parallel: "
+                             "megatron-core refuses to train MoE layers with tensor parallelism without it")
         if self.moe.plan and self.moe.stage == "group" and self.data.kind != "indexed":
             raise ValueError("moe.stage group routes tokens by their language's group: it needs "
                              "data.kind indexed (a data directory with languages)")

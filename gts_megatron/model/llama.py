@@ -81,7 +81,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
         use_cpu_initialization=True, perform_initialization=True,
         tensor_model_parallel_size=parallel.tensor,
         sequence_parallel=parallel.sequence_parallel and parallel.tensor > 1,
-        expert_model_parallel_size=parallel.expert, expert_tensor_parallel_size=parallel.expert_tensor,
+        expert_model_parallel_size=parallel.expert, expert_tensor_parallel_size=parallel.expert_tensor_size,
         # fusions that need apex or TransformerEngine stay off; torch has no equivalents here
         bias_activation_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
         apply_rope_fusion=False, gradient_accumulation_fusion=False, bias_dropout_fusion=False,

@@ -147,7 +147,7 @@ def init_runtime(parallel: ParallelConfig, seed: int) -> Runtime:
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor,
         expert_model_parallel_size=parallel.expert,
-        expert_tensor_parallel_size=parallel.expert_tensor)
+        expert_tensor_parallel_size=parallel.expert_tensor_size)
     seed_everything(seed)
     return Runtime(env=env, device=device, tensor=parallel.tensor, data=dp, expert=parallel.expert)
 
