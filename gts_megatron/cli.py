@@ -158,6 +158,9 @@ def _add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> N
     """One --flag per config field, typed and documented from the field."""
     for name in names:
         field = section.model_fields[name]
+        if field.annotation is bool:
+            p.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=field.description)
+            continue
         kind = field.annotation if field.annotation in (int, float) else str
         p.add_argument("--" + name.replace("_", "-"), type=kind,
                        help=f"{field.description} (default {field.default})")

@@ -210,6 +210,9 @@ class SyntheticDataConfig(_Section):
     vocab_size: int = Field(512, ge=8, description="token ids, EOD (0) included")
     successors: int = Field(4, ge=1, description="possible next tokens per token")
     mutation: float = Field(0.1, ge=0, le=1, description="fraction of tokens whose successors a language redraws")
+    family_scripts: bool = Field(
+        False, description="each family writes its own range of token ids (like families with their own "
+                           "alphabets), which makes the families separable from single tokens")
     documents: int = Field(200, ge=3, description="documents per language")
     document_tokens: int = Field(256, ge=2, description="tokens per document, EOD included")
     valid_documents: int = Field(8, ge=1, description="documents per language held out for validation")
@@ -220,8 +223,10 @@ class SyntheticDataConfig(_Section):
     def _consistent(self) -> "SyntheticDataConfig":
         if self.families > self.languages:
             raise ValueError(f"families {self.families} is more than languages {self.languages}")
-        if self.vocab_size < 2 * self.successors:
-            raise ValueError(f"vocab_size {self.vocab_size} must be at least 2 x successors {self.successors}")
+        scripts = self.families if self.family_scripts else 1
+        if self.vocab_size - 1 < 2 * self.successors * scripts:
+            raise ValueError(f"vocab_size {self.vocab_size} must be more than 2 x successors {self.successors}"
+                             + (f" x families {self.families} with family_scripts" if self.family_scripts else ""))
         if self.documents - self.valid_documents - self.test_documents < 1:
             raise ValueError(f"documents {self.documents} leaves no training documents after "
                              f"{self.valid_documents} valid and {self.test_documents} test ones")

@@ -50,6 +50,36 @@ def indexed_args(data_dir: Path) -> list[str]:
     return ["--set", "data.kind=indexed", "--set", f"data.path={data_dir}"]
 
 
+def write_family_plan(data_dir: Path, path: Path, moe_layers=(1,)) -> Path:
+    """A plan.json that groups a synthetic data directory's languages by their planted family."""
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    families = sorted(set(manifest["families"].values()))
+    plan = {"languages": manifest["languages"],
+            "language_to_group": {lang: families.index(f) for lang, f in manifest["families"].items()},
+            "group_to_expert": list(range(len(families))), "num_experts": len(families),
+            "moe_layers": list(moe_layers)}
+    path.write_text(json.dumps(plan))
+    return path
+
+
+@pytest.fixture(scope="session")
+def gts_setup(tmp_path_factory) -> dict:
+    """Synthetic families that write separate token ranges (separable groups), a dense tiny base
+    trained on them, a plan (families as groups, layer 1 MoE) and the expanded checkpoint;
+    ``args`` train stage 1 from it."""
+    root = tmp_path_factory.mktemp("gts")
+    families_data = root / "data"
+    run_gts("data", "synthetic", "--out", str(families_data), "--languages", "4", "--families", "2",
+            "--vocab-size", "256", "--documents", "40", "--document-tokens", "128", "--family-scripts")
+    run_gts("pretrain", "--config", TINY, "--run-dir", str(root / "base"), *indexed_args(families_data),
+            "--set", "train.steps=10")
+    plan = write_family_plan(families_data, root / "plan.json")
+    run_gts("expand", "--dense", str(root / "base" / "checkpoints"), "--plan", str(plan), "--out", str(root / "moe"))
+    args = ["--config", TINY, *indexed_args(families_data), "--set", f"moe.plan={plan}"]
+    return {"root": root, "base": root / "base" / "checkpoints" / "iter_0000010", "plan": plan,
+            "moe": root / "moe", "args": args, "data": families_data}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """Every line of a run's metrics.jsonl."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

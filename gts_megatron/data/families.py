@@ -22,26 +22,37 @@ from gts_megatron.errors import GtsError
 EOD = 0
 
 
+def token_ranges(spec: SyntheticDataConfig) -> list[tuple[int, int]]:
+    """[low, high) token ids each family writes: all ids but EOD, or a band each (family_scripts)."""
+    if not spec.family_scripts:
+        return [(1, spec.vocab_size)] * spec.families
+    band = (spec.vocab_size - 1) // spec.families
+    return [(1 + f * band, 1 + (f + 1) * band) for f in range(spec.families)]
+
+
 def language_chains(spec: SyntheticDataConfig) -> tuple[list[str], dict[str, str], np.ndarray]:
     """Language names, their families, and each language's successor table [L, V, successors]."""
     rng = np.random.default_rng([spec.seed, 1])
-    parents = rng.integers(1, spec.vocab_size, size=(spec.families, spec.vocab_size, spec.successors))
+    ranges = token_ranges(spec)
+    parents = np.stack([rng.integers(low, high, size=(spec.vocab_size, spec.successors)) for low, high in ranges])
     # families are dealt round-robin, then the languages shuffled, so names carry no family
     family_of = rng.permutation(np.arange(spec.languages) % spec.families)
     names = [f"syn{i:02d}" for i in range(spec.languages)]
     chains = parents[family_of].copy()
     for lang in range(spec.languages):
         mutated = rng.random(spec.vocab_size) < spec.mutation
-        chains[lang, mutated] = rng.integers(1, spec.vocab_size, size=(int(mutated.sum()), spec.successors))
+        low, high = ranges[family_of[lang]]
+        chains[lang, mutated] = rng.integers(low, high, size=(int(mutated.sum()), spec.successors))
     return names, {n: f"family{int(f)}" for n, f in zip(names, family_of)}, chains
 
 
-def sample_documents(chain: np.ndarray, spec: SyntheticDataConfig, rng: np.random.Generator) -> np.ndarray:
+def sample_documents(chain: np.ndarray, spec: SyntheticDataConfig, rng: np.random.Generator,
+                     token_range: tuple[int, int]) -> np.ndarray:
     """``spec.documents`` walks on ``chain``, each ending with EOD: [documents, document_tokens]."""
     weights = 1.0 / np.arange(1, spec.successors + 1)
     length = spec.document_tokens - 1
     docs = np.empty((spec.documents, spec.document_tokens), dtype=np.int64)
-    docs[:, 0] = rng.integers(1, spec.vocab_size, size=spec.documents)
+    docs[:, 0] = rng.integers(*token_range, size=spec.documents)
     choices = rng.choice(spec.successors, size=(spec.documents, length), p=weights / weights.sum())
     for t in range(1, length):  # vectorised over documents, sequential over time
         docs[:, t] = chain[docs[:, t - 1], choices[:, t - 1]]
@@ -59,12 +70,15 @@ def write_synthetic(spec: SyntheticDataConfig, out: Path, log=print) -> Manifest
             return existing
         raise GtsError(f"{out} holds other data; choose another --out or remove it")
     names, families, chains = language_chains(spec)
+    ranges = token_ranges(spec)
     assignment = SplitPlan(spec.valid_documents, spec.test_documents).assign(spec.documents, spec.seed)
     with staged_directory(out) as tmp:
         data = {}
         for index, name in enumerate(names):
             writer = SplitWriter(tmp, name, assignment, spec.vocab_size)
-            for doc in sample_documents(chains[index], spec, np.random.default_rng([spec.seed, 2, index])):
+            family = int(families[name].removeprefix("family"))
+            rng = np.random.default_rng([spec.seed, 2, index])
+            for doc in sample_documents(chains[index], spec, rng, ranges[family]):
                 writer.add(doc)
             data[name] = writer.finish()
         manifest = Manifest(languages=names, data=data, families=families, inputs=inputs,

@@ -123,9 +123,10 @@ class TrainResult:
     checkpoint: Optional[Path] = None
 
 
-def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep) -> dict[str, float]:
-    """Mean loss on each of the dataset's validation sets (one per language for multilingual
-    data), over at most ``train.eval_samples`` held-out sequences each. Collective."""
+def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep) -> dict[str, dict]:
+    """Every reported metric (the loss; router loss and accuracy for GtS) on each of the dataset's
+    validation sets (one per language for multilingual data), over at most ``train.eval_samples``
+    held-out sequences each: {set name: {metric: value}}. Collective."""
     results = {}
     model.eval()
     for name, split, samples in dataset.eval_sets(cfg.train.eval_samples):
@@ -141,23 +142,28 @@ def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: For
                 forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
                 model=[model], num_microbatches=per_rank // mbs, seq_length=cfg.train.seq_length,
                 micro_batch_size=mbs, forward_only=True)
-        results[name] = _mean_over_data_parallel([o["loss"] for o in out], runtime.device)
+        results[name] = _mean_reports(out, runtime.device)
     model.train()
     return results
 
 
-def _log_validation(log: RunLog, step: int, losses: dict[str, float]) -> Optional[float]:
-    """Log per-set losses and their mean; returns the mean (None without validation sets)."""
-    if not losses:
+def _log_validation(log: RunLog, step: int, results: dict[str, dict]) -> Optional[float]:
+    """Log each metric per validation set and its mean over sets (``valid_<metric>`` and
+    ``valid_<metric>/<set>``); returns the mean loss (None without validation sets)."""
+    if not results:
         return None
-    mean = sum(losses.values()) / len(losses)
-    metrics = {"valid_loss": mean}
-    if len(losses) > 1:
-        metrics.update({f"valid_loss/{name}": value for name, value in losses.items()})
+    metrics = {}
+    for key in next(iter(results.values())):
+        values = {name: r[key] for name, r in results.items()}
+        metrics[f"valid_{key}"] = sum(values.values()) / len(values)
+        if len(values) > 1:
+            metrics.update({f"valid_{key}/{name}": v for name, v in values.items()})
     log.log(step, metrics, show=False)
+    losses = {name: r["loss"] for name, r in results.items()}
     detail = "" if len(losses) == 1 else " (" + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()) + ")"
-    log.message(f"valid loss {mean:.4f} after {step} steps{detail}")
-    return mean
+    extra = "".join(f", {k} {v:.3f}" for k, v in metrics.items() if "/" not in k and k != "valid_loss")
+    log.message(f"valid loss {metrics['valid_loss']:.4f} after {step} steps{detail}{extra}")
+    return metrics["valid_loss"]
 
 
 def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
@@ -226,10 +232,11 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
                     return TrainResult(state["step"], loss, None, None, stop.signum, path)
             if t.eval_interval and state["step"] % t.eval_interval == 0 and state["step"] < t.steps:
                 _log_validation(log, state["step"], evaluate(model, dataset, cfg, runtime, forward_step))
-        losses = evaluate(model, dataset, cfg, runtime, forward_step)
-        valid = _log_validation(log, state["step"], losses)
+        results = evaluate(model, dataset, cfg, runtime, forward_step)
+        valid = _log_validation(log, state["step"], results)
         path = ckpt_root / f"iter_{last_saved:07d}" if last_saved else None
-        return TrainResult(state["step"], loss, valid, losses or None, None, path)
+        losses = {name: r["loss"] for name, r in results.items()} or None
+        return TrainResult(state["step"], loss, valid, losses, None, path)
     finally:
         stop.restore()
         log.close()
