@@ -146,6 +146,16 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    """GtS vs dense training step time at equal active parameters (same process, alternating)."""
+    from gts_megatron.bench.train import bench_train, report
+
+    print(report(bench_train(args.preset, args.experts, args.steps, dispatcher=args.dispatcher,
+                             micro_batch_size=args.micro_batch_size, seq_length=args.seq_length,
+                             work_dir=Path(args.work_dir) if args.work_dir else None)))
+    return 0
+
+
 def _options(section, args: argparse.Namespace):
     """The typed options of a command from its --flags (unset flags take the section's defaults)."""
     from gts_megatron.config import build_options
@@ -214,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="where to put the temporary corpus (default: the system temp dir)")
     p.add_argument("--include-restricted", action="store_true", help="all 22 languages")
     p.set_defaults(func=cmd_bench_data)
+    p = bench.add_parser("train", help=cmd_bench_train.__doc__)
+    p.add_argument("--preset", default="small", help="model preset (default small)")
+    p.add_argument("--experts", type=int, default=4, help="experts (= language groups) per MoE layer")
+    p.add_argument("--steps", type=int, default=30, help="measured steps per model (after 5 warm-up steps)")
+    p.add_argument("--dispatcher", choices=["alltoall", "allgather"], default="alltoall")
+    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per micro-batch (2 per step)")
+    p.add_argument("--seq-length", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--work-dir", help="where to put the temporary runs (default: the system temp dir)")
+    p.set_defaults(func=cmd_bench_train)
 
     p = sub.add_parser("config", help=cmd_config.__doc__)
     p.add_argument("action", choices=["show", "check"])

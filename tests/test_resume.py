@@ -30,13 +30,25 @@ def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
             pass
 
 
-@pytest.mark.parametrize("data", ["synthetic", "language-mixture"])
-def test_kill_9_then_resume_is_bitwise_identical(tmp_path, data, request):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    args = RESUME_ARGS + (indexed_args(request.getfixturevalue("families_data")) if data != "synthetic" else [])
-    run_gts("pretrain", "--run-dir", str(full), *args)
+def resume_args(case: str, request) -> list[str]:
+    if case == "synthetic":
+        return RESUME_ARGS
+    if case == "language-mixture":
+        return RESUME_ARGS + indexed_args(request.getfixturevalue("families_data"))
+    setup = request.getfixturevalue("gts_setup")  # a GtS stage-1 run: MoE needs SP with TP
+    return RESUME_ARGS + setup["args"][2:] + ["--set", "parallel.sequence_parallel=true",
+                                              "--set", f"train.init_from={setup['moe']}"]
 
-    proc = subprocess.Popen(gts_cmd("pretrain", "--run-dir", str(killed), *args), env=gts_env(),
+
+@pytest.mark.parametrize("case", ["synthetic", "language-mixture", "gts-stage-group"])
+def test_kill_9_then_resume_is_bitwise_identical(tmp_path, case, request):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    command = "train" if case.startswith("gts") else "pretrain"
+    stage = ["--stage", "group"] if command == "train" else []
+    args = stage + resume_args(case, request)
+    run_gts(command, "--run-dir", str(full), *args)
+
+    proc = subprocess.Popen(gts_cmd(command, "--run-dir", str(killed), *args), env=gts_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while latest_step(killed) < 3 and time.time() < deadline and proc.poll() is None:
@@ -48,7 +60,7 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path, data, request):
     assert 3 <= saved < 24
     assert not (killed / "checkpoints" / "iter_0000024").exists()
 
-    resumed = run_gts("pretrain", "--run-dir", str(killed), *args)
+    resumed = run_gts(command, "--run-dir", str(killed), *args)
     assert f"resumed from {killed / 'checkpoints' / f'iter_{saved:07d}'} at step {saved}" in resumed.stderr
     expected, got = train_losses(full), train_losses(killed)
     assert sorted(got) == list(range(1, 25))

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core.transformer.moe.moe_layer import MoELayer
-from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, get_moe_layer_wise_logging_tracker
 from megatron.core.transformer.moe.router import Router
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -65,14 +65,21 @@ class RoutingContext:
         self._stats.append(stats)
 
     def collect(self, tp_group, sequence_parallel: bool) -> dict[str, torch.Tensor]:
-        """Router loss and accuracy of this forward pass, averaged over the MoE layers."""
-        if not self._stats:
-            return {}
-        total = torch.stack(self._stats).sum(0)
-        if sequence_parallel:  # each TP rank routed its own chunk of the tokens
-            dist.all_reduce(total, group=tp_group)
+        """This forward pass's router metrics, averaged over the MoE layers: router loss and
+        accuracy (group routing) or megatron's load-balancing loss (learned routing)."""
+        out = {}
+        if self._stats:
+            total = torch.stack(self._stats).sum(0)
+            if sequence_parallel:  # each TP rank routed its own chunk of the tokens
+                dist.all_reduce(total, group=tp_group)
+            out = {"router_loss": total[0] / total[2], "router_accuracy": total[1] / total[2]}
         self._stats = []
-        return {"router_loss": total[0] / total[2], "router_accuracy": total[1] / total[2]}
+        tracked = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
+        if tracked is not None and bool((tracked["values"] != 0).any()):  # megatron's TopKRouter adds
+            values = tracked["values"]  # its loss per layer and micro-batch, in training only
+            out["load_balancing_loss"] = values.sum() / int((values != 0).sum())
+            values.zero_()
+        return out
 
 
 ROUTING = RoutingContext()

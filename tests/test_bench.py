@@ -1,0 +1,26 @@
+"""The benchmark harnesses run end to end and report what they measured (figures are not
+asserted: speed goals are checked by reading the benchmarks, not by timed tests)."""
+import json
+
+from tests.conftest import run_gts
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_bench_train_reports_a_same_run_ratio(tmp_path):
+    out = run_gts("bench", "train", "--preset", "tiny", "--experts", "2", "--steps", "3",
+                  "--micro-batch-size", "2", "--seq-length", "32", "--work-dir", str(tmp_path))
+    result = last_json(out.stdout)
+    assert result["moe_layers"] == [1] and result["steps_measured"] == 3
+    assert result["gts_active_parameters"] - result["dense_parameters"] == 2 * 64  # the router only
+    assert abs(result["ratio"] - result["gts_step_s"] / result["dense_step_s"]) < 0.02
+    assert list(tmp_path.iterdir()) == []  # its temporary runs are gone
+
+
+def test_bench_data_times_every_phase(tmp_path):
+    result = last_json(run_gts("bench", "data", "--work-dir", str(tmp_path)).stdout)
+    assert result["languages"] == 12 and result["tokens"] > 10_000_000
+    assert result["total_s"] >= result["download_s"] + result["corpus_s"] + result["prepare_s"] - 0.01
+    assert result["cached_rerun_s"] < result["total_s"]
