@@ -75,9 +75,12 @@ class RoutingContext:
             out = {"router_loss": total[0] / total[2], "router_accuracy": total[1] / total[2]}
         self._stats = []
         tracked = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
-        if tracked is not None and bool((tracked["values"] != 0).any()):  # megatron's TopKRouter adds
-            values = tracked["values"]  # its loss per layer and micro-batch, in training only
-            out["load_balancing_loss"] = values.sum() / int((values != 0).sum())
+        if tracked is not None:  # megatron's TopKRouter adds its loss per layer and micro-batch
+            values = tracked["values"]
+            if tracked.get("reduce_group") is not None:  # each TP rank holds its share (as megatron's
+                dist.all_reduce(values, group=tracked["reduce_group"])  # own logging reduces it)
+            if bool((values != 0).any()):  # in training only
+                out["load_balancing_loss"] = values.sum() / int((values != 0).sum())
             values.zero_()
         return out
 
