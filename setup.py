@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "tokenizers==0.23.3",  # reads Hugging Face tokenizer.json files
     "pycountry==26.2.16",  # ISO 639 language codes for corpus file names
+    "scipy==1.17.1",  # hierarchical clustering of languages
+    "matplotlib==3.11.2",  # the plan's figures
 ]
 
 setup(

@@ -6,6 +6,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 from gts_megatron.errors import GtsError
 
@@ -138,6 +139,18 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Group languages and choose MoE layers from probe results -> plan.json with figures."""
+    from gts_megatron.config import PlanConfig
+    from gts_megatron.plan.make import make_plan
+
+    cfg = _options(PlanConfig, args)
+    out = Path(args.out or Path(args.run_dir) / "plan")
+    make_plan(cfg, out)
+    print(f"wrote {out / 'plan.json'} and its figures")
+    return 0
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     """Time the demo corpus from download to token datasets (and a cached rerun)."""
     from gts_megatron.bench.data import bench_data, report
@@ -156,6 +169,15 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_plan(args: argparse.Namespace) -> int:
+    """Time a plan for many languages from sketches (planted families)."""
+    from gts_megatron.bench.plan import bench_plan, report
+
+    print(report(bench_plan(args.languages, args.groups, args.sketch_size, args.figures,
+                            Path(args.work_dir) if args.work_dir else None)))
+    return 0
+
+
 def _options(section, args: argparse.Namespace):
     """The typed options of a command from its --flags (unset flags take the section's defaults)."""
     from gts_megatron.config import build_options
@@ -171,7 +193,7 @@ def _add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> N
         if field.annotation is bool:
             p.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=field.description)
             continue
-        kind = field.annotation if field.annotation in (int, float) else str
+        kind = next((t for t in (int, float) if field.annotation in (t, Optional[t])), str)
         p.add_argument("--" + name.replace("_", "-"), type=kind,
                        help=f"{field.description} (default {field.default})")
 
@@ -190,12 +212,25 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `gts` command."""
+    from gts_megatron.config import PlanConfig
+
     parser = argparse.ArgumentParser(prog="gts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help=cmd_pretrain.__doc__)
     _add_run_args(p, "runs/pretrain")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("plan", help=cmd_plan.__doc__)
+    p.add_argument("--run-dir", default="runs/demo", help="the plan goes to <run-dir>/plan")
+    p.add_argument("--out", help="plan directory (overrides --run-dir)")
+    p.add_argument("--languages", type=_languages, help="comma-separated subset; default every probed language")
+    p.add_argument("--method", choices=["balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative", "map"],
+                   help=PlanConfig.model_fields["method"].description)
+    p.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="numbers only, no PNG")
+    _add_field_flags(p, PlanConfig, ["probes", "deviations", "k", "threshold", "groups_map", "similarity_layers",
+                                     "epsilon", "top_n"])
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("expand", help=cmd_expand.__doc__)
     p.add_argument("--dense", required=True, help="dense checkpoint (or a checkpoints directory: its latest)")
@@ -233,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-length", type=int, default=256, help="tokens per sequence")
     p.add_argument("--work-dir", help="where to put the temporary runs (default: the system temp dir)")
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser("plan", help=cmd_bench_plan.__doc__)
+    p.add_argument("--languages", type=int, default=128)
+    p.add_argument("--groups", type=int, default=16)
+    p.add_argument("--sketch-size", type=int, default=4096, help="sketch length per layer")
+    p.add_argument("--figures", action="store_true", help="also draw the PNG figures")
+    p.add_argument("--work-dir", help="where to put the temporary probe store")
+    p.set_defaults(func=cmd_bench_plan)
 
     p = sub.add_parser("config", help=cmd_config.__doc__)
     p.add_argument("action", choices=["show", "check"])

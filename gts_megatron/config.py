@@ -202,6 +202,39 @@ class PrepareConfig(_Section):
     seed: int = Field(1234, ge=0, description="seed of the tokenizer sample and the split assignment")
 
 
+class PlanConfig(_Section):
+    """`gts plan`: probe results -> similarity -> groups -> MoE layers -> plan.json."""
+
+    probes: Optional[str] = Field(None, description="probe store directory (<run>/probes)")
+    deviations: Optional[str] = Field(
+        None, description="instead of probes: a JSON of {lang: {delta_norm_ffn: [...], delta_norm_att: [...]}} "
+                          "(layer selection only; groups then come from --groups-map)")
+    languages: Optional[list[str]] = Field(None, description="languages to plan for; null = every probed one")
+    method: Literal["balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative", "map"] = Field(
+        "balanced", description="grouping: the paper's balanced greedy (exhaustive for small n), average-linkage "
+                                "agglomerative, or a given map")
+    k: Optional[int] = Field(None, ge=1, description="number of groups (experts); agglomerative: null = best silhouette")
+    threshold: Optional[float] = Field(None, gt=0, description="agglomerative: cut the tree at this distance")
+    groups_map: Optional[str] = Field(None, description="method map: JSON {lang: group}")
+    similarity_layers: str = Field("last3", description="layers whose FFN deltas are compared: last3, all, or 0,5,7")
+    epsilon: float = Field(0.6, ge=0, le=1, description="MoE layers: normalised mean FFN deviation >= epsilon")
+    top_n: Optional[int] = Field(None, ge=1, description="MoE layers: the n layers that moved most (overrides epsilon)")
+    plots: bool = Field(True, description="write the PNG figures (the CSV/JSON numbers are always written)")
+
+    @model_validator(mode="after")
+    def _sources(self) -> "PlanConfig":
+        if (self.probes is None) == (self.deviations is None):
+            raise ValueError("give exactly one of --probes (a probe store) or --deviations (a statistics file)")
+        if self.method == "map" and not self.groups_map:
+            raise ValueError("--method map needs --groups-map")
+        if self.method.startswith("balanced") and self.k is None:
+            raise ValueError(f"--method {self.method} needs --k, the number of groups")
+        if self.deviations is not None and self.method != "map":
+            raise ValueError("--deviations has no deltas to compare languages with: use --method map with "
+                             "--groups-map, or plan from --probes")
+        return self
+
+
 class SyntheticDataConfig(_Section):
     """`gts data synthetic`: token-level languages with planted families."""
 

@@ -1,0 +1,80 @@
+"""`gts bench plan`: planning time for many languages from sketches (goal: 128 in under 2 s).
+
+The probe store is synthetic with planted families (each language's per-layer sketch is its
+family's centroid plus noise), so the benchmark also reports whether the families came back.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from gts_megatron.config import PlanConfig
+from gts_megatron.data.prepare import available_cores
+from gts_megatron.probe.store import ProbeResult, SketchInfo, write_probe
+
+
+def planted_probe_store(store: Path, languages: int, families: int, layers: int = 24, sketch_size: int = 4096,
+                        noise: float = 0.5, seed: int = 0) -> dict[str, int]:
+    """Write a probe store whose languages come in ``families`` planted families; returns
+    language -> family. Deviation norms follow a U-shaped profile over layers, as in the paper."""
+    rng = np.random.default_rng(seed)
+    centroids = rng.standard_normal((families, layers, sketch_size))
+    profile = 1.0 + np.cos(np.linspace(0, 2 * np.pi, layers))  # large at both ends
+    truth = {}
+    for index in range(languages):
+        name, family = f"l{index:03d}", index % families
+        sketches = centroids[family] + noise * rng.standard_normal((layers, sketch_size))
+        norms = profile * (1 + 0.05 * rng.standard_normal(layers)) + 0.1
+        write_probe(store, ProbeResult(language=name, delta_norm_ffn=norms.tolist(), delta_norm_att=(norms / 2).tolist(),
+                                       sketch=SketchInfo(kind="countsketch", size=sketch_size, seed=seed)),
+                    {layer: sketches[layer] for layer in range(layers)})
+        truth[name] = family
+    return truth
+
+
+def adjusted_rand_index(truth: list[int], found: list[int]) -> float:
+    """Adjusted Rand index of two labelings (1.0: the same partition)."""
+    from scipy.special import comb
+
+    table = np.zeros((max(truth) + 1, max(found) + 1), dtype=np.int64)
+    for t, f in zip(truth, found):
+        table[t, f] += 1
+    pairs = comb(table, 2).sum()
+    rows, cols = comb(table.sum(1), 2).sum(), comb(table.sum(0), 2).sum()
+    expected = rows * cols / comb(len(truth), 2)
+    top = (rows + cols) / 2
+    return 1.0 if top == expected else float((pairs - expected) / (top - expected))
+
+
+def bench_plan(languages: int = 128, families: int = 16, sketch_size: int = 4096, figures: bool = False,
+               work_dir: Optional[Path] = None) -> dict:
+    """Time `gts plan` (balanced grouping into ``families`` groups) on a planted store."""
+    from gts_megatron.plan.make import make_plan
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        root = Path(tmp)
+        truth = planted_probe_store(root / "probes", languages, families, sketch_size=sketch_size)
+        cfg = PlanConfig(probes=str(root / "probes"), k=families, plots=figures)
+        started = time.perf_counter()
+        plan = make_plan(cfg, root / "plan", log=lambda *_: None)
+        elapsed = time.perf_counter() - started
+    names = sorted(truth)
+    ari = adjusted_rand_index([truth[n] for n in names], [plan.language_to_group[n] for n in names])
+    return {"benchmark": "plan", "languages": languages, "groups": families, "sketch_size": sketch_size,
+            "layers_compared": 3, "figures": figures, "seconds": round(elapsed, 3), "adjusted_rand_index": ari,
+            "moe_layers": plan.moe_layers, "cores": available_cores(), "machine": platform.machine()}
+
+
+def report(result: dict) -> str:
+    """A readable summary of :func:`bench_plan`'s result, then the result as JSON."""
+    return "\n".join([
+        f"plan for {result['languages']} languages into {result['groups']} groups from {result['sketch_size']}-long "
+        f"sketches ({'with' if result['figures'] else 'without'} figures): {result['seconds']:.2f} s "
+        f"(goal < 2 s); planted families recovered with ARI {result['adjusted_rand_index']:.3f}",
+        json.dumps(result)])

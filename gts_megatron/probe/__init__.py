@@ -1,0 +1,1 @@
+"""Stage "probe": one short fine-tune per language; per-layer deviations and delta sketches."""
