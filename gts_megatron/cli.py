@@ -139,9 +139,21 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Probe every language on Ray: a short fine-tune each, deviations and delta sketches."""
+    from gts_megatron.config import ProbeConfig
+    from gts_megatron.probe.fleet import run_fleet
+
+    out = Path(args.out or Path(args.run_dir) / "probes")
+    status = run_fleet(_options(ProbeConfig, args), out)
+    print(f"{sum(s == 'done' for s in status.values())} probed, {sum(s == 'skipped' for s in status.values())} "
+          f"already there; results in {out}")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Group languages and choose MoE layers from probe results -> plan.json with figures."""
-    from gts_megatron.config import PlanConfig
+    from gts_megatron.config import PlanConfig, ProbeConfig
     from gts_megatron.plan.make import make_plan
 
     cfg = _options(PlanConfig, args)
@@ -212,7 +224,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `gts` command."""
-    from gts_megatron.config import PlanConfig
+    from gts_megatron.config import PlanConfig, ProbeConfig
 
     parser = argparse.ArgumentParser(prog="gts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help=cmd_pretrain.__doc__)
     _add_run_args(p, "runs/pretrain")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("probe", help=cmd_probe.__doc__)
+    p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/probes")
+    p.add_argument("--out", help="probe store directory (overrides --run-dir)")
+    p.add_argument("--languages", type=_languages, help="comma-separated subset; default every language in the data")
+    p.add_argument("--engine", choices=["megatron", "deepspeed"], help=ProbeConfig.model_fields["engine"].description)
+    p.add_argument("--zero-stage", type=int, choices=[2, 3], help=ProbeConfig.model_fields["zero_stage"].description)
+    _add_field_flags(p, ProbeConfig, ["base", "data", "steps", "lr", "micro_batch_size", "global_batch_size",
+                                      "seq_length", "sketch_size", "exact", "seed", "cpus_per_probe",
+                                      "gpus_per_probe", "retries", "address"])
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("plan", help=cmd_plan.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="the plan goes to <run-dir>/plan")

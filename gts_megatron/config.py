@@ -202,6 +202,30 @@ class PrepareConfig(_Section):
     seed: int = Field(1234, ge=0, description="seed of the tokenizer sample and the split assignment")
 
 
+class ProbeConfig(_Section):
+    """`gts probe`: one short full fine-tune per language from the dense base (the paper's step 1-2)."""
+
+    base: str = Field(description="dense base checkpoint (or a checkpoints directory: its latest)")
+    data: str = Field(description="data directory from `gts data prepare` or `gts data synthetic`")
+    languages: Optional[list[str]] = Field(None, description="languages to probe; null = every one in the data")
+    engine: Literal["megatron", "deepspeed"] = Field(
+        "megatron", description="megatron: the training engine of the other stages; deepspeed: ZeRO with CPU "
+                                "offload, for models too large for one device")
+    zero_stage: Literal[2, 3] = Field(3, description="deepspeed: ZeRO stage (3 also offloads the parameters)")
+    steps: int = Field(10, ge=1, description="optimizer steps per probe")
+    lr: float = Field(8e-6, gt=0, description="peak learning rate (linear decay to 0, no warm-up, no weight decay)")
+    micro_batch_size: int = Field(2, ge=1, description="sequences per forward pass")
+    global_batch_size: int = Field(8, ge=1, description="sequences per step")
+    seq_length: int = Field(128, ge=2, description="tokens per sequence")
+    sketch_size: int = Field(4096, ge=16, description="CountSketch length per layer")
+    exact: bool = Field(False, description="keep the full FFN deltas instead of sketches (small models)")
+    seed: int = Field(1234, ge=0, description="seed of training and of the sketch hash (the same for every language)")
+    cpus_per_probe: int = Field(1, ge=1, description="CPUs (threads) each probe task reserves on Ray")
+    gpus_per_probe: float = Field(0, ge=0, description="GPUs each probe task reserves on Ray")
+    retries: int = Field(2, ge=0, description="times Ray re-runs a probe whose worker crashed")
+    address: Optional[str] = Field(None, description="Ray cluster address; null = start a local Ray")
+
+
 class PlanConfig(_Section):
     """`gts plan`: probe results -> similarity -> groups -> MoE layers -> plan.json."""
 

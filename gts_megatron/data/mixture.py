@@ -103,7 +103,8 @@ class LanguageMixture:
                 raise GtsError(f"training sample {max(indices)} is past the {len(self.train)} samples the "
                                f"mixture was built for (train.steps x train.global_batch_size)")
             samples = [self.train[i] for i in indices]
-            language_ids = torch.tensor([int(s["dataset_id"]) for s in samples])
+            # one language: megatron returns its GPTDataset itself, without the blend's dataset_id
+            language_ids = torch.tensor([int(s.get("dataset_id", 0)) for s in samples])
         else:
             lang = split.split(":", 1)[1]
             samples = [self.valid[lang][i] for i in indices]

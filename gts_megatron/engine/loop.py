@@ -168,10 +168,11 @@ def _log_validation(log: RunLog, step: int, results: dict[str, dict]) -> Optiona
 
 def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
           config: TransformerConfig, dataset, forward_step: ForwardStep = lm_forward_step,
-          desc: str = "train", moe: Optional[dict] = None) -> TrainResult:
+          desc: str = "train", moe: Optional[dict] = None, save: bool = True) -> TrainResult:
     """Train ``model`` for ``cfg.train.steps`` optimizer steps, resuming ``run_dir`` if it has a
     checkpoint. Collective: every rank calls it with its own shard of the model. ``moe``
-    describes an MoE model's layout; checkpoints record it and must agree with it."""
+    describes an MoE model's layout; checkpoints record it and must agree with it. With
+    ``save`` False nothing is written to ``checkpoints/`` (probes keep only what they measure)."""
     t = cfg.train
     per_rank = t.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)
     model = wrap_ddp(model, config, cfg.parallel.distributed_optimizer)
@@ -194,7 +195,7 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
     schedule = get_forward_backward_func()
     stop = StopRequest()
     dp_rank = parallel_state.get_data_parallel_rank()
-    last_saved, loss = state["step"] if resume_from else None, None
+    last_saved, loss, path = state["step"] if resume_from else None, None, None
     try:
         if t.eval_interval and resume_from is None and state["step"] < t.steps:  # the untrained baseline
             _log_validation(log, 0, evaluate(model, dataset, cfg, runtime, forward_step))
@@ -222,14 +223,15 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
                     "tokens_per_s": t.global_batch_size * t.seq_length / elapsed})
             interrupted = stop.agreed(runtime.device)
             due = t.save_interval and state["step"] % t.save_interval == 0
-            if due or interrupted or state["step"] == t.steps:
+            if save and (due or interrupted or state["step"] == t.steps):
                 path = ckpt.save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler,
                                             state, cfg.model, t.keep_checkpoints, moe=moe)
                 last_saved = state["step"]
-                if interrupted:
-                    log.message(f"stopped by signal {stop.signum} at step {state['step']}; checkpoint "
-                                f"{path}; run the same command again to resume")
-                    return TrainResult(state["step"], loss, None, None, stop.signum, path)
+            if interrupted:
+                path = path if save else None
+                log.message(f"stopped by signal {stop.signum} at step {state['step']}" + (
+                    f"; checkpoint {path}; run the same command again to resume" if save else ""))
+                return TrainResult(state["step"], loss, None, None, stop.signum, path)
             if t.eval_interval and state["step"] % t.eval_interval == 0 and state["step"] < t.steps:
                 _log_validation(log, state["step"], evaluate(model, dataset, cfg, runtime, forward_step))
         results = evaluate(model, dataset, cfg, runtime, forward_step)

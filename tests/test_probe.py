@@ -1,0 +1,124 @@
+"""The probe fleet on a real local Ray: planted families come back, sketches match exact deltas,
+DeepSpeed ZeRO matches megatron, a killed driver or crashed worker loses nothing finished."""
+import json
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from gts_megatron.bench.plan import adjusted_rand_index
+from gts_megatron.probe.store import read_sketches
+from tests.conftest import TINY, assert_one_line_error, gts_cmd, gts_env, run_gts
+from tests.test_resume import kill_tree
+
+LR = ["--lr", "1e-3"]  # the paper's 8e-6 is for billion-parameter models; these have 90k
+
+
+@pytest.fixture(scope="module")
+def probed(families_data, tmp_path_factory):
+    """A dense base on the families data, probed exactly and with sketches."""
+    root = tmp_path_factory.mktemp("probed")
+    run_gts("pretrain", "--config", TINY, "--run-dir", str(root / "base"),
+            "--set", "data.kind=indexed", "--set", f"data.path={families_data}", "--set", "train.steps=10")
+    base = str(root / "base" / "checkpoints")
+    common = ["--base", base, "--data", str(families_data), *LR]
+    run_gts("probe", *common, "--exact", "--out", str(root / "exact"), timeout=600)
+    run_gts("probe", *common, "--out", str(root / "sketched"), timeout=600)
+    families = json.loads((families_data / "manifest.json").read_text())["families"]
+    return {"root": root, "base": base, "common": common, "families": families, "data": families_data}
+
+
+def cosine(store, a, b, layers=(0, 1)):
+    x, y = read_sketches(store, a, list(layers)), read_sketches(store, b, list(layers))
+    return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+
+
+def test_exact_probes_place_every_language_nearest_its_family(probed):
+    languages, families = sorted(probed["families"]), probed["families"]
+    for lang in languages:
+        own = [cosine(probed["root"] / "exact", lang, o) for o in languages if o != lang and families[o] == families[lang]]
+        other = [cosine(probed["root"] / "exact", lang, o) for o in languages if families[o] != families[lang]]
+        assert min(own) > max(other), (lang, own, other)
+
+
+def test_sketches_estimate_the_exact_cosines(probed):
+    languages = sorted(probed["families"])
+    errors = [abs(cosine(probed["root"] / "sketched", a, b) - cosine(probed["root"] / "exact", a, b))
+              for i, a in enumerate(languages) for b in languages[i + 1:]]
+    assert max(errors) <= 0.02, errors
+    result = json.loads((probed["root"] / "sketched" / "syn00.json").read_text())
+    assert result["sketch"] == {"kind": "countsketch", "size": 4096, "seed": 1234}
+    assert len(result["delta_norm_ffn"]) == len(result["delta_norm_att"]) == 2
+
+
+def test_plan_from_probes_recovers_the_planted_families(probed, tmp_path):
+    run_gts("plan", "--probes", str(probed["root"] / "sketched"), "--k", "2", "--similarity-layers", "all",
+            "--out", str(tmp_path))
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    names = sorted(probed["families"])
+    truth = [sorted(set(probed["families"].values())).index(probed["families"][n]) for n in names]
+    assert adjusted_rand_index(truth, [plan["language_to_group"][n] for n in names]) == 1.0
+
+
+def test_deepspeed_zero3_probe_matches_the_megatron_probe(probed, tmp_path):
+    run_gts("probe", *probed["common"], "--languages", "syn00", "--engine", "deepspeed", "--zero-stage", "3",
+            "--out", str(tmp_path), timeout=600)
+    mine, theirs = (json.loads((d / "syn00.json").read_text()) for d in (tmp_path, probed["root"] / "sketched"))
+    for key in ("delta_norm_ffn", "delta_norm_att"):
+        assert np.allclose(mine[key], theirs[key], rtol=1e-5), key
+    x, y = read_sketches(tmp_path, "syn00", [0, 1]), read_sketches(probed["root"] / "sketched", "syn00", [0, 1])
+    assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) > 0.9999
+
+
+def test_killed_driver_rerun_probes_only_the_unfinished(probed, tmp_path):
+    args = ["probe", *probed["common"], "--out", str(tmp_path)]
+    proc = subprocess.Popen(gts_cmd(*args), env=gts_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the fleet ended before it could be killed"
+    kill_tree(proc)
+    proc.wait(timeout=60)
+    finished = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
+    assert 1 <= len(finished) < 4
+    rerun = run_gts(*args, timeout=600)
+    assert f"{len(finished)} of 4 languages already probed" in rerun.stdout
+    assert f"probing {4 - len(finished)} languages" in rerun.stdout
+    assert all((tmp_path / name).stat().st_mtime_ns == mtime for name, mtime in finished.items())
+    assert len(list(tmp_path.glob("*.json"))) == 4
+
+
+def test_a_crashed_worker_is_retried(probed, tmp_path):
+    run_gts("probe", *probed["common"], "--languages", "syn01,syn02", "--out", str(tmp_path),
+            env={"GTS_PROBE_FAULT": "crash:syn01"}, timeout=600)
+    assert (tmp_path / ".crashed-syn01").exists()  # the first attempt died ...
+    assert (tmp_path / "syn01.json").exists() and (tmp_path / "syn02.json").exists()  # ... the retry finished
+
+
+def test_a_failing_language_is_reported_and_the_others_kept(probed, tmp_path):
+    proc = run_gts("probe", *probed["common"], "--languages", "syn01,syn02,syn03", "--out", str(tmp_path),
+                   env={"GTS_PROBE_FAULT": "raise:syn02"}, timeout=600, check=False)
+    assert proc.returncode == 2
+    assert "syn02 FAILED" in proc.stdout and "Traceback" in proc.stdout and "injected failure" in proc.stdout
+    assert "1 probe(s) failed (syn02)" in proc.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["syn01.json", "syn03.json"]
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("language", ["data.languages: xx not in"]),
+    ("moe_base", ["is an MoE model; probes start from the dense base"]),
+    ("address", ["--address 127.0.0.1:9", "no Ray head answers there"]),
+])
+def test_bad_probe_input_is_refused_quickly(probed, gts_setup, tmp_path, case, fragments):
+    args = ["probe", "--base", probed["base"], "--data", str(probed["data"]), "--out", str(tmp_path / "p")]
+    if case == "language":
+        args += ["--languages", "syn00,xx"]
+    elif case == "moe_base":
+        args[2] = str(gts_setup["moe"])
+    elif case == "address":
+        args += ["--address", "127.0.0.1:9"]
+    started = time.time()
+    assert_one_line_error(run_gts(*args, check=False), *fragments)
+    assert time.time() - started < 30
+    assert not (tmp_path / "p").exists()
