@@ -3,6 +3,7 @@ DeepSpeed ZeRO matches megatron, a killed driver or crashed worker loses nothing
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,56 @@ def test_bad_probe_input_is_refused_quickly(probed, gts_setup, tmp_path, case, f
     assert_one_line_error(run_gts(*args, check=False), *fragments)
     assert time.time() - started < 30
     assert not (tmp_path / "p").exists()
+
+
+@pytest.fixture
+def ray_head():
+    """A real Ray head started with `ray start` (as users run clusters), on loopback only; torn
+    down by killing exactly its own processes (`ray stop` would kill every Ray on the machine)."""
+    import shutil
+    import sys
+    import tempfile
+
+    import psutil
+
+    from gts_megatron.runtime.distributed import free_port
+
+    temp = tempfile.mkdtemp(prefix="gtsray", dir="/tmp")  # short: Ray's unix sockets live under it
+    port, dashboard = free_port(), free_port()
+    env = {**gts_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--temp-dir={temp}", "--object-store-memory=300000000"],
+                   env=env, check=True, timeout=180, capture_output=True)
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env, "ray": ray}
+    mine = [p for p in psutil.process_iter(["cmdline"])
+            if any(temp in arg or f":{port}" in arg for arg in (p.info["cmdline"] or []))]
+    family = {p.pid: p for p in mine}
+    for p in mine:
+        try:
+            family.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for p in family.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(family.values()), timeout=30)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_probes_on_an_existing_cluster_by_address_and_by_ray_job_submit(probed, ray_head, tmp_path):
+    import sys
+
+    common = [*probed["common"], "--out", str(tmp_path)]
+    run_gts("probe", *common, "--languages", "syn00", "--address", ray_head["address"], env=ray_head["env"],
+            timeout=600)
+    assert (tmp_path / "syn00.json").exists()
+    job = subprocess.run([ray_head["ray"], "job", "submit", "--address", ray_head["dashboard"], "--",
+                          sys.executable, "-m", "gts_megatron.cli", "probe", *common, "--languages", "syn01",
+                          "--address", "auto"], env=ray_head["env"], capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "succeeded" in job.stdout and (tmp_path / "syn01.json").exists()

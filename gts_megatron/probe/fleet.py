@@ -82,9 +82,14 @@ def _connect(cfg: ProbeConfig, cpus: int) -> bool:
         return False
     if cfg.address:
         check_reachable(cfg.address)
+        if cfg.address.removeprefix("ray://").startswith(("127.", "localhost")):
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a loopback head: stay there
         ray.init(address=cfg.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        # a one-machine cluster that listens on 127.0.0.1 only: without this Ray binds its GCS,
+        # raylet and workers to every interface (Ray 2.60); "local" never joins a stale cluster
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     return True
 
 
