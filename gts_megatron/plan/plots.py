@@ -34,25 +34,28 @@ def write_similarity(out: Path, languages: list[str], similarity: np.ndarray, gr
     plt = _figure_libs()
     order = [i for group in groups for i in group]
     n = len(languages)
-    fig, (tree_ax, heat_ax) = plt.subplots(1, 2, figsize=(4 + 0.25 * n, 2 + 0.22 * n),
+    # capped: a 128-language figure stays readable at 16 x 14 inches and quick to draw
+    fig, (tree_ax, heat_ax) = plt.subplots(1, 2, figsize=(min(4 + 0.25 * n, 16), min(2 + 0.22 * n, 14)),
                                            gridspec_kw={"width_ratios": [1, 4]})
+    font = 7 if n <= 48 else 4
     if n > 1:
         distance = np.clip(1 - similarity, 0, 2)
         np.fill_diagonal(distance, 0)
         dendrogram(linkage(squareform((distance + distance.T) / 2, checks=False), method="average"),
-                   orientation="left", labels=languages, ax=tree_ax, color_threshold=0)
-    tree_ax.set_title("average linkage")
+                   orientation="left", labels=languages, no_labels=n > 48, ax=tree_ax, color_threshold=0,
+                   leaf_font_size=font)
+    tree_ax.set_title("average linkage", fontsize=8)
     image = heat_ax.imshow(similarity[np.ix_(order, order)], cmap="viridis", vmin=-1, vmax=1)
-    heat_ax.set_xticks(range(n), [languages[i] for i in order], rotation=90, fontsize=7)
-    heat_ax.set_yticks(range(n), [languages[i] for i in order], fontsize=7)
+    heat_ax.set_xticks(range(n), [languages[i] for i in order], rotation=90, fontsize=font)
+    heat_ax.set_yticks(range(n), [languages[i] for i in order], fontsize=font)
     edge = -0.5
     for group in groups:  # outline each group's block
         heat_ax.add_patch(plt.Rectangle((edge, edge), len(group), len(group), fill=False, color="white", lw=1.5))
         edge += len(group)
-    heat_ax.set_title("cosine similarity of FFN deltas, by group")
+    heat_ax.set_title("cosine similarity of FFN deltas, by group", fontsize=9)
     fig.colorbar(image, ax=heat_ax, shrink=0.8)
     fig.tight_layout()
-    fig.savefig(out / "similarity.png", dpi=120)
+    fig.savefig(out / "similarity.png", dpi=100)
     plt.close(fig)
 
 
