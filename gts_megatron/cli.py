@@ -181,6 +181,15 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_probes(args: argparse.Namespace) -> int:
+    """Probe fleet wall time against ceil(N/slots) x one probe alone, and result bytes per language."""
+    from gts_megatron.bench.probes import bench_probes, report
+
+    print(report(bench_probes(args.preset, args.languages, args.steps, args.seq_length, args.cpus_per_probe,
+                              Path(args.work_dir) if args.work_dir else None)))
+    return 0
+
+
 def cmd_bench_plan(args: argparse.Namespace) -> int:
     """Time a plan for many languages from sketches (planted families)."""
     from gts_megatron.bench.plan import bench_plan, report
@@ -291,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-length", type=int, default=256, help="tokens per sequence")
     p.add_argument("--work-dir", help="where to put the temporary runs (default: the system temp dir)")
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser("probes", help=cmd_bench_probes.__doc__)
+    p.add_argument("--preset", default="small", help="model preset (default small)")
+    p.add_argument("--languages", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10, help="steps per probe")
+    p.add_argument("--seq-length", type=int, default=256)
+    p.add_argument("--cpus-per-probe", type=int, default=1)
+    p.add_argument("--work-dir", help="where to put the temporary runs")
+    p.set_defaults(func=cmd_bench_probes)
+
     p = bench.add_parser("plan", help=cmd_bench_plan.__doc__)
     p.add_argument("--languages", type=int, default=128)
     p.add_argument("--groups", type=int, default=16)

@@ -24,3 +24,19 @@ def test_bench_data_times_every_phase(tmp_path):
     assert result["languages"] == 12 and result["tokens"] > 10_000_000
     assert result["total_s"] >= result["download_s"] + result["corpus_s"] + result["prepare_s"] - 0.01
     assert result["cached_rerun_s"] < result["total_s"]
+
+
+def test_bench_plan_reports_time_and_recovery(tmp_path):
+    result = last_json(run_gts("bench", "plan", "--languages", "24", "--groups", "4", "--sketch-size", "256",
+                               "--work-dir", str(tmp_path)).stdout)
+    assert result["languages"] == 24 and result["adjusted_rand_index"] == 1.0 and result["seconds"] > 0
+
+
+def test_bench_probes_compares_the_fleet_with_one_probe(tmp_path):
+    result = last_json(run_gts("bench", "probes", "--preset", "tiny", "--languages", "2", "--steps", "2",
+                               "--seq-length", "32", "--work-dir", str(tmp_path), timeout=600).stdout)
+    assert result["slots"] >= 1 and result["fleet_s"] > 0 and result["one_probe_alone_s"] > 0
+    assert abs(result["ideal_s"] - result["one_probe_in_fleet_s"] * -(-2 // result["slots"])) < 0.05
+    assert result["fleet_s"] > result["ray_start_s"] > 0
+    # two 4096-float sketches (one per layer) and a small JSON: kilobytes, not the model
+    assert 2 * 4096 * 4 < result["bytes_per_language"] < 2 * 4096 * 4 + 8000

@@ -16,6 +16,7 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 from gts_megatron.config import ProbeConfig
 from gts_megatron.errors import GtsError
@@ -44,8 +45,9 @@ def _probe_task(cfg_json: str, language: str, store: str) -> dict:
     from gts_megatron.probe.run import run_probe
 
     _inject_fault(language, store)
-    result = run_probe(ProbeConfig.model_validate_json(cfg_json), language, Path(store), log=lambda *_: None)
-    return {"language": language, "delta_norm_ffn": result.delta_norm_ffn}
+    started = time.perf_counter()
+    run_probe(ProbeConfig.model_validate_json(cfg_json), language, Path(store), log=lambda *_: None)
+    return {"language": language, "seconds": time.perf_counter() - started}
 
 
 def finished(store: Path, language: str, inputs: dict) -> bool:
@@ -93,8 +95,9 @@ def _connect(cfg: ProbeConfig, cpus: int) -> bool:
     return True
 
 
-def run_fleet(cfg: ProbeConfig, store: Path, log=print) -> dict[str, str]:
-    """Probe every language not yet in ``store``; returns language -> "done" | "skipped" | error."""
+def run_fleet(cfg: ProbeConfig, store: Path, log=print, timings: Optional[dict] = None) -> dict[str, str]:
+    """Probe every language not yet in ``store``; returns language -> "done" | "skipped" | error.
+    ``timings``, if given, receives the seconds spent connecting to Ray and each probe's own time."""
     import ray
 
     from gts_megatron.data.mixture import check_data
@@ -112,13 +115,16 @@ def run_fleet(cfg: ProbeConfig, store: Path, log=print) -> dict[str, str]:
         log(f"{len(status)} of {len(languages)} languages already probed with these inputs; skipping them")
     if not todo:
         return status
+    connecting = time.perf_counter()
     started_ray = _connect(cfg, available_cores())
+    if timings is not None:
+        timings.update(connect_s=time.perf_counter() - connecting, probe_s={})
     try:
         store.mkdir(parents=True, exist_ok=True)
-        # max_calls=1: a fresh worker process per probe, so no process-global state (megatron's
-        # parallel state, DeepSpeed's groups, a process group) leaks from one probe into the next
+        # DeepSpeed keeps process groups in module globals that outlive a probe: it gets a fresh
+        # worker process per probe; megatron probes tear their state down and reuse workers
         task = ray.remote(num_cpus=cfg.cpus_per_probe, num_gpus=cfg.gpus_per_probe, max_retries=cfg.retries,
-                          retry_exceptions=False, max_calls=1)(_probe_task)
+                          retry_exceptions=False, max_calls=1 if cfg.engine == "deepspeed" else 0)(_probe_task)
         pending = {task.remote(cfg.model_dump_json(), lang, str(store)): lang for lang in todo}
         log(f"probing {len(todo)} languages on Ray ({cfg.cpus_per_probe} CPU each, {cfg.steps} steps)")
         begun = time.perf_counter()
@@ -126,8 +132,10 @@ def run_fleet(cfg: ProbeConfig, store: Path, log=print) -> dict[str, str]:
             ready, _ = ray.wait(list(pending), num_returns=1)
             lang = pending.pop(ready[0])
             try:
-                ray.get(ready[0])
+                seconds = ray.get(ready[0])["seconds"]
                 status[lang] = "done"
+                if timings is not None:
+                    timings["probe_s"][lang] = seconds
                 log(f"  [{len(todo) - len(pending)}/{len(todo)}] {lang} done ({time.perf_counter() - begun:.0f} s)")
             except ray.exceptions.RayError as exc:
                 detail = _ANSI.sub("", str(exc))
