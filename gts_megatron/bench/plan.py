@@ -6,7 +6,6 @@ family's centroid plus noise), so the benchmark also reports whether the familie
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from gts_megatron.bench import machine
 from gts_megatron.config import PlanConfig
-from gts_megatron.data.prepare import available_cores
 from gts_megatron.probe.store import ProbeResult, SketchInfo, write_probe
 
 
@@ -68,7 +67,7 @@ def bench_plan(languages: int = 128, families: int = 16, sketch_size: int = 4096
     ari = adjusted_rand_index([truth[n] for n in names], [plan.language_to_group[n] for n in names])
     return {"benchmark": "plan", "languages": languages, "groups": families, "sketch_size": sketch_size,
             "layers_compared": 3, "figures": figures, "seconds": round(elapsed, 3), "adjusted_rand_index": ari,
-            "moe_layers": plan.moe_layers, "cores": available_cores(), "machine": platform.machine()}
+            "moe_layers": plan.moe_layers, **machine()}
 
 
 def report(result: dict) -> str:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+from gts_megatron.bench import machine
 from gts_megatron.config import ProbeConfig, SyntheticDataConfig, build_config
 from gts_megatron.data.families import write_synthetic
 from gts_megatron.data.prepare import available_cores
@@ -64,7 +64,7 @@ def bench_probes(preset: str = "small", languages: int = 4, steps: int = 10, seq
             "overhead_without_ray_start": round((fleet - timings["connect_s"]) / ideal - 1, 3),
             "overhead_against_alone": round(fleet / (waves * one) - 1, 3), "bytes_per_language": stored,
             "bytes_per_layer": round(stored / base_cfg.model.num_layers), "sketch_size": cfg.sketch_size,
-            "cores": available_cores(), "machine": platform.machine()}
+            **machine()}
 
 
 def report(result: dict) -> str:

@@ -9,16 +9,15 @@ parameters, active or not).
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+from gts_megatron.bench import machine
 from gts_megatron.config import SyntheticDataConfig, build_config
 from gts_megatron.data.families import write_synthetic
-from gts_megatron.data.prepare import available_cores
 from gts_megatron.model.gts import moe_parameter_counts
 from gts_megatron.model.llama import count_parameters
 from gts_megatron.plan.plan_file import Plan, write_plan
@@ -111,7 +110,7 @@ def bench_train(preset: str = "small", experts: int = 4, steps: int = 30, warmup
             "dispatcher": dispatcher, "dense_parameters": count_parameters(base.model), "gts_parameters": total,
             "gts_active_parameters": active, "tokens_per_step": 2 * micro_batch_size * seq_length, "steps_measured": steps,
             "dense_step_s": round(dense_s, 4), "gts_step_s": round(gts_s, 4), "ratio": round(gts_s / dense_s, 3),
-            "cores": available_cores(), "machine": platform.machine()}
+            **machine()}
 
 
 def report(result: dict) -> str:
