@@ -1,5 +1,4 @@
 """Bad input through the real `gts` command: one line naming the problem, exit 2, nothing written."""
-from pathlib import Path
 
 import pytest
 

@@ -1,12 +1,11 @@
 """The GtS model: expansion preserves the dense function, group routing sends each token to its
 group's expert, both training stages agree across parallel layouts, the router learns."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY, assert_one_line_error, indexed_args, read_metrics, run_gts, train_losses
+from tests.conftest import TINY, assert_one_line_error, indexed_args, read_metrics, run_gts
 
 
 @pytest.fixture(scope="module")
