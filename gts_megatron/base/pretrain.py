@@ -23,10 +23,9 @@ def build_dataset(cfg: RunConfig, run_dir: Path, language_to_group: Optional[dic
     language -> group map every sample also carries its group id."""
     if cfg.data.kind == "synthetic":
         return SyntheticTokens(cfg.model.vocab_size, cfg.train.seq_length, cfg.train.seed, cfg.data.successors)
-    check_run_data(cfg)
     return LanguageMixture(Path(cfg.data.path), cfg.data.languages, cfg.data.alpha, cfg.train.seq_length,
                            cfg.train.seed, cfg.train.steps * cfg.train.global_batch_size, run_dir / "data_cache",
-                           language_to_group=language_to_group)
+                           language_to_group=language_to_group, model_vocab_size=cfg.model.vocab_size)
 
 
 def pretrain(cfg: RunConfig, run_dir: Path) -> TrainResult:

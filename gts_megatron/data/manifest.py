@@ -14,7 +14,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gts_megatron.data.tokenizer import Tokenizer, file_sha256
+from gts_megatron.artifacts import file_sha256
+from gts_megatron.data.tokenizer import Tokenizer
 from gts_megatron.errors import GtsError
 
 MANIFEST_FILE = "manifest.json"

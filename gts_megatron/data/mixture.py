@@ -61,11 +61,11 @@ class LanguageMixture:
 
     def __init__(self, data_dir: Path, languages: Optional[list[str]], alpha: float, seq_length: int,
                  seed: int, train_samples: int, cache_dir: Path,
-                 language_to_group: Optional[dict[str, int]] = None):
+                 language_to_group: Optional[dict[str, int]] = None, model_vocab_size: Optional[int] = None):
         from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-        self.manifest, self.languages = check_data(data_dir, languages, seq_length)
+        self.manifest, self.languages = check_data(data_dir, languages, seq_length, model_vocab_size)
         self.weights = sample_weights({lang: self.manifest.tokens(lang) for lang in self.languages}, alpha)
         ids = _TokenIds(self.manifest.tokenizer)
         config = GPTDatasetConfig(

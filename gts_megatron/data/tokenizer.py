@@ -5,27 +5,18 @@ attributes megatron-core's GPT datasets read from a tokenizer (``vocab_size``, `
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Iterable, Optional
 
+from gts_megatron.artifacts import file_sha256
 from gts_megatron.errors import GtsError
 
 # ids of the special pieces in tokenizers trained here; documents end with EOD (= </s>)
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 # names Hugging Face tokenizers give their end-of-document token, most specific first
 _HF_EOD_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "[SEP]")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Tokenizer:

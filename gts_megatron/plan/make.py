@@ -5,14 +5,13 @@ groups.json/png), built in a temporary directory that replaces ``<out>`` when co
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from gts_megatron.artifacts import staged_directory
+from gts_megatron.artifacts import file_sha256, staged_directory
 from gts_megatron.config import ModelConfig, PlanConfig
 from gts_megatron.errors import GtsError
 from gts_megatron.plan import grouping, plots
@@ -20,10 +19,6 @@ from gts_megatron.plan.layers import deviation_matrix, normalised_profile, selec
 from gts_megatron.plan.plan_file import Plan, write_plan
 from gts_megatron.plan.similarity import distance_from_similarity, similarity_from_store, similarity_layers
 from gts_megatron.probe.store import read_probe, stored_languages
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _load_json(path: Path, what: str):
@@ -47,7 +42,7 @@ def load_deviations(cfg: PlanConfig) -> tuple[list[str], dict, dict, dict, Optio
         if missing:
             raise GtsError(f"{path}: no deviations for {', '.join(missing)}")
         return (languages, {lang: stats[lang]["delta_norm_ffn"] for lang in languages},
-                {lang: stats[lang].get("delta_norm_att", []) for lang in languages}, {str(path): _sha256(path)}, None)
+                {lang: stats[lang].get("delta_norm_att", []) for lang in languages}, {str(path): file_sha256(path)}, None)
     store = Path(cfg.probes)
     if not store.is_dir():
         raise GtsError(f"probe store {store} does not exist; run `gts probe` first")
@@ -55,8 +50,8 @@ def load_deviations(cfg: PlanConfig) -> tuple[list[str], dict, dict, dict, Optio
     if len(languages) < 2:
         raise GtsError(f"{store}: {len(languages)} probed language(s); a plan needs at least 2")
     results = {lang: read_probe(store, lang) for lang in languages}  # a missing probe is named here
-    checksums = {f"{lang}.json": _sha256(store / f"{lang}.json") for lang in languages}
-    checksums.update({f"{lang}.safetensors": _sha256(store / f"{lang}.safetensors") for lang in languages
+    checksums = {f"{lang}.json": file_sha256(store / f"{lang}.json") for lang in languages}
+    checksums.update({f"{lang}.safetensors": file_sha256(store / f"{lang}.safetensors") for lang in languages
                       if (store / f"{lang}.safetensors").is_file()})
     model = next(iter(results.values())).model or None
     return (languages, {lang: r.delta_norm_ffn for lang, r in results.items()},
