@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from gts_megatron.errors import GtsError
 
@@ -162,6 +163,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Per-language perplexity of a dense or GtS checkpoint on held-out text (sliding windows)."""
+    from gts_megatron.config import EvalConfig
+    from gts_megatron.eval import evaluate_checkpoint
+
+    cfg = _options(EvalConfig, args)
+    out = Path(args.out or Path(args.run_dir) / f"eval-{cfg.split}.json")
+    evaluate_checkpoint(cfg, out)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     """Time the demo corpus from download to token datasets (and a cached rerun)."""
     from gts_megatron.bench.data import bench_data, report
@@ -207,15 +220,25 @@ def _options(section, args: argparse.Namespace):
 
 
 def _add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> None:
-    """One --flag per config field, typed and documented from the field."""
+    """One --flag per config field, typed and documented from the field (a Literal field's values
+    become the flag's choices; a list of strings is given comma-separated)."""
     for name in names:
         field = section.model_fields[name]
+        flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
-            p.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=field.description)
+            p.add_argument(flag, action="store_true", default=None, help=field.description)
             continue
-        kind = next((t for t in (int, float) if field.annotation in (t, Optional[t])), str)
-        p.add_argument("--" + name.replace("_", "-"), type=kind,
-                       help=f"{field.description} (default {field.default})")
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = f"{field.description} (default {shown})"
+        if typing.get_origin(field.annotation) is Literal:
+            choices = typing.get_args(field.annotation)
+            p.add_argument(flag, type=type(choices[0]), choices=choices, help=help_text)
+        elif field.annotation in (list[str], Optional[list[str]]) or typing.get_origin(field.annotation) is list:
+            p.add_argument(flag, type=_languages, help=help_text)
+        else:
+            kind = next((t for t in (int, float) if field.annotation in (t, Optional[t])), str)
+            p.add_argument(flag, type=kind, help=help_text)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -232,7 +255,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `gts` command."""
-    from gts_megatron.config import PlanConfig, ProbeConfig
+    from gts_megatron.config import EvalConfig, PlanConfig, ProbeConfig
 
     parser = argparse.ArgumentParser(prog="gts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -244,10 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help=cmd_probe.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/probes")
     p.add_argument("--out", help="probe store directory (overrides --run-dir)")
-    p.add_argument("--languages", type=_languages, help="comma-separated subset; default every language in the data")
-    p.add_argument("--engine", choices=["megatron", "deepspeed"], help=ProbeConfig.model_fields["engine"].description)
-    p.add_argument("--zero-stage", type=int, choices=[2, 3], help=ProbeConfig.model_fields["zero_stage"].description)
-    _add_field_flags(p, ProbeConfig, ["base", "data", "steps", "lr", "micro_batch_size", "global_batch_size",
+    _add_field_flags(p, ProbeConfig, ["base", "data", "languages", "engine", "zero_stage", "steps", "lr", "micro_batch_size", "global_batch_size",
                                       "seq_length", "sketch_size", "exact", "seed", "cpus_per_probe",
                                       "gpus_per_probe", "retries", "address"])
     p.set_defaults(func=cmd_probe)
@@ -255,11 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help=cmd_plan.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="the plan goes to <run-dir>/plan")
     p.add_argument("--out", help="plan directory (overrides --run-dir)")
-    p.add_argument("--languages", type=_languages, help="comma-separated subset; default every probed language")
-    p.add_argument("--method", choices=["balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative", "map"],
-                   help=PlanConfig.model_fields["method"].description)
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="numbers only, no PNG")
-    _add_field_flags(p, PlanConfig, ["probes", "deviations", "k", "threshold", "groups_map", "similarity_layers",
+    _add_field_flags(p, PlanConfig, ["probes", "deviations", "languages", "method", "k", "threshold", "groups_map", "similarity_layers",
                                      "epsilon", "top_n"])
     p.set_defaults(func=cmd_plan)
 
@@ -276,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["group", "learned"], required=True,
                    help="group: stage 1, routed by language group; learned: stage 2, top-k router")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help=cmd_eval.__doc__)
+    p.add_argument("--run-dir", default="runs/eval", help="the result goes to <run-dir>/eval-<split>.json")
+    p.add_argument("--out", help="result JSON (overrides --run-dir)")
+    _add_field_flags(p, EvalConfig, ["checkpoint", "data", "languages", "split", "routing", "unknown_language",
+                                     "window", "stride", "eval_batch_size", "max_tokens"])
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_run_args(p, "runs/demo")
@@ -344,13 +368,9 @@ def _add_data_parsers(sub) -> None:
     p.add_argument("--out", help="data directory (overrides --run-dir)")
     p.add_argument("--force", action="store_true", help="replace an existing data directory built otherwise")
     p.add_argument("--corpus", required=True, help=PrepareConfig.model_fields["corpus"].description)
-    p.add_argument("--languages", type=_languages, help="comma-separated subset; default every file")
-    _add_field_flags(p, PrepareConfig, ["tokenizer", "eod_token", "text_field", "vocab_size", "sample_characters",
+    _add_field_flags(p, PrepareConfig, ["languages", "tokenizer", "eod_token", "text_field", "vocab_size", "sample_characters",
                                         "seed", "character_coverage", "sample_alpha", "valid_fraction",
-                                        "test_fraction"])
-    p.add_argument("--model-type", choices=["bpe", "unigram"], help=PrepareConfig.model_fields["model_type"].description)
-    p.add_argument("--separator", choices=["auto", "line", "blank"],
-                   help=PrepareConfig.model_fields["separator"].description)
+                                        "test_fraction", "model_type", "separator"])
     p.add_argument("--skip-bad-lines", action="store_true", default=None,
                    help=PrepareConfig.model_fields["skip_bad_lines"].description)
     p.set_defaults(func=cmd_data_prepare)

@@ -28,9 +28,21 @@ def build_dataset(cfg: RunConfig, run_dir: Path, language_to_group: Optional[dic
                            language_to_group=language_to_group, model_vocab_size=cfg.model.vocab_size)
 
 
+def tokenizer_record(dataset) -> Optional[dict]:
+    """The identity of the tokens a model trains on: its checkpoints record it, and evaluation
+    refuses data tokenized otherwise. None for synthetic tokens (no tokenizer)."""
+    manifest = getattr(dataset, "manifest", None)
+    if manifest is None:
+        return None
+    t = manifest.tokenizer
+    return {"kind": t.kind, "sha256": t.sha256, "vocab_size": t.vocab_size, "eod": t.eod}
+
+
 def pretrain(cfg: RunConfig, run_dir: Path) -> TrainResult:
     """Pretrain (or resume pretraining) a dense base model into ``run_dir``. Collective."""
     with training_session(cfg, run_dir, f"dense model: {count_parameters(cfg.model) / 1e6:.2f}M parameters") as runtime:
         config = transformer_config(cfg.model, cfg.parallel)
         model = build_model(cfg.model, config)
-        return train(cfg, run_dir, runtime, model, config, build_dataset(cfg, run_dir), desc="pretrain")
+        dataset = build_dataset(cfg, run_dir)
+        return train(cfg, run_dir, runtime, model, config, dataset, desc="pretrain",
+                     record={"stage": "pretrain", "tokenizer": tokenizer_record(dataset)})

@@ -97,10 +97,12 @@ def _sharded_state(model, optimizer, scheduler, train_state, with_rng: bool, is_
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
-                    train_state: dict, model_config: ModelConfig, keep: int, moe: Optional[dict] = None) -> Path:
+                    train_state: dict, model_config: ModelConfig, keep: int, moe: Optional[dict] = None,
+                    record: Optional[dict] = None) -> Path:
     """Save a training checkpoint for ``step`` (collective: every rank calls it). Without an
     optimizer and scheduler it holds the model weights only. ``moe`` (experts, MoE layers, plan
-    checksum) goes into meta.json for an MoE model."""
+    checksum) goes into meta.json for an MoE model; so does ``record``, what evaluation needs to
+    know about how the model was trained (stage, plan, tokenizer)."""
     name = f"iter_{step:07d}"
     final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
     is_main = dist.get_rank() == 0
@@ -116,7 +118,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
         meta = {"step": step, "world_size": dist.get_world_size(),
                 "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
                 "expert_parallel": parallel_state.get_expert_model_parallel_world_size(),
-                "model": model_config.model_dump(mode="json"), "train_state": dict(train_state), "moe": moe}
+                "model": model_config.model_dump(mode="json"), "train_state": dict(train_state), "moe": moe,
+                **(record or {})}
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

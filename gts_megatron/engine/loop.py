@@ -168,11 +168,13 @@ def _log_validation(log: RunLog, step: int, results: dict[str, dict]) -> Optiona
 
 def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
           config: TransformerConfig, dataset, forward_step: ForwardStep = lm_forward_step,
-          desc: str = "train", moe: Optional[dict] = None, save: bool = True) -> TrainResult:
+          desc: str = "train", moe: Optional[dict] = None, save: bool = True,
+          record: Optional[dict] = None) -> TrainResult:
     """Train ``model`` for ``cfg.train.steps`` optimizer steps, resuming ``run_dir`` if it has a
     checkpoint. Collective: every rank calls it with its own shard of the model. ``moe``
     describes an MoE model's layout; checkpoints record it and must agree with it. With
-    ``save`` False nothing is written to ``checkpoints/`` (probes keep only what they measure)."""
+    ``save`` False nothing is written to ``checkpoints/`` (probes keep only what they measure).
+    ``record`` goes into every checkpoint's meta.json (see :func:`ckpt.save_checkpoint`)."""
     t = cfg.train
     per_rank = t.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)
     model = wrap_ddp(model, config, cfg.parallel.distributed_optimizer)
@@ -225,7 +227,7 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
             due = t.save_interval and state["step"] % t.save_interval == 0
             if save and (due or interrupted or state["step"] == t.steps):
                 path = ckpt.save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler,
-                                            state, cfg.model, t.keep_checkpoints, moe=moe)
+                                            state, cfg.model, t.keep_checkpoints, moe=moe, record=record)
                 last_saved = state["step"]
             if interrupted:
                 path = path if save else None

@@ -82,7 +82,9 @@ def expand(dense: Path, plan_path: Path, out: Path, seed: int = 1234, log=print)
             state = expert_weights_from_dense(unwrap(dense_model).state_dict(), unwrap(moe_model).state_dict())
             unwrap(moe_model).load_state_dict(state, strict=False)
         path = save_checkpoint(out, 0, moe_model, None, None, {"step": 0, "consumed_samples": 0}, model_cfg,
-                               keep=1, moe=moe_identity(plan))
+                               keep=1, moe=moe_identity(plan),
+                               record={"stage": "expand", "topk": 1, "plan": plan.model_dump(mode="json"),
+                                       "tokenizer": meta.get("tokenizer")})
         atomic_write_text(out / RECORD_FILE, json.dumps(record, indent=1) + "\n")
     finally:
         shutdown_runtime()

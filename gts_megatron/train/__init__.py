@@ -12,7 +12,7 @@ from pathlib import Path
 
 from megatron.core import parallel_state
 
-from gts_megatron.base.pretrain import build_dataset
+from gts_megatron.base.pretrain import build_dataset, tokenizer_record
 from gts_megatron.config import RunConfig
 from gts_megatron.engine.checkpoint import unwrap
 from gts_megatron.engine.loop import TrainResult, lm_forward_step, train
@@ -68,5 +68,7 @@ def train_stage(cfg: RunConfig, run_dir: Path) -> TrainResult:
         model, config = build_gts_model(cfg, plan)
         groups = plan.language_to_group if cfg.moe.stage == "group" else None
         dataset = build_dataset(cfg, run_dir, groups)
+        record = {"stage": cfg.moe.stage, "topk": cfg.moe.topk if cfg.moe.stage == "learned" else 1,
+                  "plan": plan.model_dump(mode="json"), "tokenizer": tokenizer_record(dataset)}
         return train(cfg, run_dir, runtime, model, config, dataset, gts_forward_step,
-                     desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan))
+                     desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan), record=record)

@@ -1,0 +1,104 @@
+"""A trained checkpoint opened for evaluation: what it is (dense or GtS, its plan, the routing it
+was trained with, the tokenizer of its data) and the model itself, built on one process."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
+from gts_megatron.data.manifest import Manifest
+from gts_megatron.engine.checkpoint import LATEST_FILE, load_checkpoint, read_meta, resolve_checkpoint
+from gts_megatron.errors import GtsError
+from gts_megatron.model.gts import gts_decoder_spec, moe_parameter_counts, moe_transformer_fields
+from gts_megatron.model.llama import build_model, count_parameters, transformer_config
+from gts_megatron.plan.plan_file import Plan, moe_identity
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint directory from a checkpoint, a checkpoints directory or a run directory."""
+    if (path / "checkpoints" / LATEST_FILE).is_file():
+        path = path / "checkpoints"
+    return resolve_checkpoint(path)
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's description (before any model is built)."""
+
+    path: Path
+    meta: dict
+    config: ModelConfig
+    plan: Optional[Plan]  # None: a dense model
+    stage: str            # pretrain, expand, group or learned
+
+    @classmethod
+    def open(cls, path: Path) -> "TrainedModel":
+        """Read ``path``'s meta.json (a GtsError when it is missing or not a gts checkpoint)."""
+        path = find_checkpoint(Path(path))
+        meta = read_meta(path)
+        plan = None
+        if meta.get("moe") is not None:
+            if "plan" not in meta:
+                raise GtsError(f"checkpoint {path} is an MoE model that does not record its plan; "
+                               f"continue its training for a step with this version to record it")
+            plan = Plan.model_validate(meta["plan"])
+        return cls(path, meta, ModelConfig.model_validate(meta["model"]), plan, meta.get("stage", "pretrain"))
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    def routing(self, requested: str) -> Optional[str]:
+        """The routing to evaluate with: None for a dense model; ``auto`` is the trained one."""
+        if self.plan is None:
+            if requested not in ("auto", None):
+                raise GtsError(f"--routing {requested}: checkpoint {self.path} is a dense model without routers")
+            return None
+        if requested in ("auto", None):
+            return "learned" if self.stage == "learned" else "group"
+        return requested
+
+    def topk(self, routing: Optional[str]) -> int:
+        """Experts per token under ``routing`` (the trained top-k for learned routing)."""
+        if routing != "learned":
+            return 1
+        trained = self.meta.get("topk", 1) if self.stage == "learned" else MoEConfig().topk
+        return min(trained, self.plan.num_experts)
+
+    def parameters(self, routing: Optional[str]) -> tuple[int, int]:
+        """(total, active per token) parameters."""
+        if self.plan is None:
+            return count_parameters(self.config), count_parameters(self.config)
+        return moe_parameter_counts(self.config, self.plan, self.topk(routing))
+
+    def check_tokens(self, data_dir: Path, manifest: Manifest) -> None:
+        """Refuse data tokenized otherwise than the model's training data."""
+        mine, theirs = self.meta.get("tokenizer"), manifest.tokenizer
+        if mine is None:  # synthetic training tokens: only the vocabulary can be checked
+            if theirs.vocab_size > self.config.vocab_size:
+                raise GtsError(f"{data_dir} has {theirs.vocab_size} token ids; model {self.path} embeds "
+                               f"{self.config.vocab_size}")
+            return
+        if mine.get("sha256") != theirs.sha256 or mine.get("vocab_size") != theirs.vocab_size:
+            raise GtsError(
+                f"{data_dir} is tokenized with another tokenizer ({theirs.kind}, sha256 "
+                f"{str(theirs.sha256)[:12]}..., vocab {theirs.vocab_size}) than model {self.path} was trained "
+                f"on ({mine.get('kind')}, sha256 {str(mine.get('sha256'))[:12]}..., vocab {mine.get('vocab_size')}); "
+                f"prepare it with `gts data prepare --tokenizer <the model's tokenizer file>`")
+
+    def build(self, routing: Optional[str]) -> torch.nn.Module:
+        """The model with the checkpoint's weights, on this (single) process, in eval mode."""
+        parallel = ParallelConfig()
+        if self.plan is None:
+            model = build_model(self.config, transformer_config(self.config, parallel))
+            load_checkpoint(self.path, model, self.config)
+        else:
+            moe = MoEConfig(plan=str(self.path), stage=routing, topk=self.topk(routing))
+            config = transformer_config(self.config, parallel, **moe_transformer_fields(self.config, moe, self.plan))
+            model = build_model(self.config, config, gts_decoder_spec(config, self.config, moe, self.plan))
+            load_checkpoint(self.path, model, self.config, moe=moe_identity(self.plan))
+        model.eval()
+        return model
