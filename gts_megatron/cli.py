@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Literal, Optional
 
-from gts_megatron.errors import GtsError
+from gts_megatron.errors import GtsError, Interrupted
 
 # megatron-core announces every missing optional accelerator library; they are optional here
 # and torch's checkpoint code warns about its own APIs that megatron-core 0.16.1 calls
@@ -175,6 +175,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """The paper's comparison: dense, GtS, random groups, per-language experts, sparse upcycling."""
+    from gts_megatron.config import ExperimentConfig, load_config
+    from gts_megatron.experiment import run_experiment
+
+    run_experiment(_options(ExperimentConfig, args), load_config(args.config, args.set), Path(args.run_dir))
+    return 0
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     """Time the demo corpus from download to token datasets (and a cached rerun)."""
     from gts_megatron.bench.data import bench_data, report
@@ -255,7 +264,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `gts` command."""
-    from gts_megatron.config import EvalConfig, PlanConfig, ProbeConfig
+    from gts_megatron.config import EvalConfig, ExperimentConfig, PlanConfig, ProbeConfig
 
     parser = argparse.ArgumentParser(prog="gts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_field_flags(p, EvalConfig, ["checkpoint", "data", "languages", "split", "routing", "unknown_language",
                                      "window", "stride", "eval_batch_size", "max_tokens"])
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("experiment", help=cmd_experiment.__doc__)
+    p.add_argument("--config", help="run config YAML whose train section every arm uses (its model is the base's)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config field, e.g. --set train.steps=200 (steps per arm)")
+    p.add_argument("--run-dir", default="runs/experiment", help="arms, evaluations and results go here")
+    _add_field_flags(p, ExperimentConfig, ["base", "data", "plan", "arms", "learned_steps", "upcycle_experts",
+                                           "seed", "split", "window", "stride", "eval_batch_size", "max_tokens"])
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_run_args(p, "runs/demo")
@@ -393,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         if not report_worker_error(str(exc)):
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

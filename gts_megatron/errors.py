@@ -6,3 +6,12 @@ class GtsError(Exception):
 
     The message names the file, field or value at fault and what would be valid.
     """
+
+
+class Interrupted(Exception):
+    """A long command stopped by SIGTERM/SIGINT after saving its progress: exit 128 + signal, and
+    running the same command again resumes."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(f"stopped by signal {signum} during {where}; run the same command again to resume")
+        self.signum = signum

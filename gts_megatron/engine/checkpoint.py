@@ -156,6 +156,12 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def finished_checkpoint(run_dir: Path, steps: int) -> Optional[Path]:
+    """The final checkpoint of a stage already trained for ``steps`` steps, else None."""
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+    return ckpt if ckpt is not None and read_meta(ckpt).get("step", 0) >= steps else None
+
+
 def check_model_matches(path: Path, meta: dict, model_config: ModelConfig, moe: Optional[dict] = None) -> None:
     """Refuse a checkpoint whose parameter shapes differ from ``model_config`` (and, for an MoE
     model, whose experts or MoE layers differ from ``moe``)."""

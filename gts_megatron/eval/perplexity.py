@@ -123,6 +123,28 @@ def evaluate_checkpoint(cfg: EvalConfig, out: Optional[Path] = None, log=print) 
     return result
 
 
+EVAL_FIELDS = ("split", "window", "stride", "eval_batch_size", "max_tokens")
+
+
+def evaluate_cached(checkpoint: Path, data: str, languages: list[str], windows, out: Path, log=print,
+                    **options) -> dict:
+    """``evaluate_checkpoint`` with the window settings of ``windows`` (and EvalConfig ``options``:
+    routing, unknown_language), reusing ``out`` when it holds the same evaluation."""
+    key = {"checkpoint": str(checkpoint), "data": data, "languages": list(languages),
+           **{k: getattr(windows, k) for k in EVAL_FIELDS}, **options}
+    cfg = EvalConfig(**{k: v for k, v in key.items() if k != "checkpoint"}, checkpoint=str(checkpoint))
+    if out.is_file():
+        cached = json.loads(out.read_text())
+        if cached.get("key") == key:
+            log(f"{out}: evaluation up to date")
+            return cached
+    result = evaluate_checkpoint(cfg, None, log=log)
+    result["key"] = key
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def format_table(result: dict) -> str:
     """A per-language table of an evaluation result, with the mean."""
     routing = result["routing"] or "dense"

@@ -4,6 +4,8 @@
   size n/k of the remaining languages, the one with the smallest largest pairwise distance;
 - balanced, greedy (the paper's variant for large n): seed a group with the closest remaining
   pair, then add the language whose largest distance to the members is smallest, up to n/k;
+- when k does not divide n, both make groups whose sizes differ by at most one (the larger
+  ones first), which is the paper's rule where it applies;
 - agglomerative, average linkage (scipy), with k given, chosen by silhouette, or cut at a
   distance threshold;
 - a map given by the user, validated.
@@ -24,15 +26,11 @@ from gts_megatron.errors import GtsError
 EXHAUSTIVE_LIMIT = 200_000  # subsets examined per group before "balanced" switches to greedy
 
 
-def check_balanced(n: int, k: int) -> int:
-    """Group size n/k, or a GtsError naming the alternatives."""
+def balanced_sizes(n: int, k: int) -> list[int]:
+    """Sizes of k groups of n languages that differ by at most one, the larger first."""
     if not 1 <= k <= n:
         raise GtsError(f"--k {k}: must be between 1 and the {n} languages")
-    if n % k:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        raise GtsError(f"--k {k} does not divide the {n} languages into equal groups; balanced grouping needs "
-                       f"k in {divisors}, or use --method agglomerative (groups of any size) or --groups-map")
-    return n // k
+    return [n // k + 1] * (n % k) + [n // k] * (k - n % k)
 
 
 def _widest(distance: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -42,9 +40,9 @@ def _widest(distance: np.ndarray, members: np.ndarray) -> np.ndarray:
 
 def balanced_exhaustive(distance: np.ndarray, k: int) -> list[list[int]]:
     """The paper's small-n grouping (see module doc)."""
-    size = check_balanced(len(distance), k)
+    sizes = balanced_sizes(len(distance), k)
     remaining, groups = list(range(len(distance))), []
-    while len(groups) < k - 1:
+    for size in sizes[:-1]:
         best, best_width = None, math.inf
         subsets = itertools.combinations(remaining, size)
         while len(chunk := np.array(list(itertools.islice(subsets, 50_000)), dtype=np.int64)):
@@ -59,9 +57,12 @@ def balanced_exhaustive(distance: np.ndarray, k: int) -> list[list[int]]:
 
 def balanced_greedy(distance: np.ndarray, k: int) -> list[list[int]]:
     """The paper's large-n grouping (see module doc)."""
-    size = check_balanced(len(distance), k)
+    sizes = balanced_sizes(len(distance), k)
     remaining, groups = list(range(len(distance))), []
-    while len(groups) < k - 1:
+    for size in sizes[:-1]:
+        if size == 1:  # no pair to seed with: the remaining languages one per group
+            groups.append([remaining.pop(0)])
+            continue
         sub = distance[np.ix_(remaining, remaining)].copy()
         np.fill_diagonal(sub, np.inf)
         a, b = divmod(int(np.argmin(sub)), len(remaining))  # closest pair, first in index order
@@ -78,7 +79,7 @@ def balanced_greedy(distance: np.ndarray, k: int) -> list[list[int]]:
 def balanced(distance: np.ndarray, k: int) -> list[list[int]]:
     """Exhaustive while the subsets are few enough to examine, greedy beyond."""
     n = len(distance)
-    size = check_balanced(n, k)
+    size = balanced_sizes(n, k)[0]
     return balanced_exhaustive(distance, k) if math.comb(n, size) <= EXHAUSTIVE_LIMIT else balanced_greedy(distance, k)
 
 

@@ -8,14 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-
-def _figure_libs():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+from gts_megatron.figures import pyplot, save_figure
 
 
 def write_similarity(out: Path, languages: list[str], similarity: np.ndarray, groups: list[list[int]],
@@ -31,7 +24,7 @@ def write_similarity(out: Path, languages: list[str], similarity: np.ndarray, gr
             writer.writerow([lang, *[f"{v:.6f}" for v in row]])
     if not figures:
         return
-    plt = _figure_libs()
+    plt = pyplot()
     order = [i for group in groups for i in group]
     n = len(languages)
     # capped: a 128-language figure stays readable at 16 x 14 inches and quick to draw
@@ -55,8 +48,7 @@ def write_similarity(out: Path, languages: list[str], similarity: np.ndarray, gr
     heat_ax.set_title("cosine similarity of FFN deltas, by group", fontsize=9)
     fig.colorbar(image, ax=heat_ax, shrink=0.8)
     fig.tight_layout()
-    fig.savefig(out / "similarity.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "similarity.png", dpi=100)
 
 
 def write_deviation_profile(out: Path, matrix: np.ndarray, profile: np.ndarray, selected: list[int],
@@ -70,7 +62,7 @@ def write_deviation_profile(out: Path, matrix: np.ndarray, profile: np.ndarray, 
     (out / "deviations.json").write_text(json.dumps(data, indent=1) + "\n")
     if not figures:
         return
-    plt = _figure_libs()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(profile)), 3))
     colors = ["tab:red" if i in selected else "tab:gray" for i in range(len(profile))]
     ax.bar(range(len(profile)), profile, color=colors)
@@ -81,8 +73,7 @@ def write_deviation_profile(out: Path, matrix: np.ndarray, profile: np.ndarray, 
     ax.set_ylabel("mean FFN deviation (min-max)")
     ax.set_title(f"MoE layers: {selected}")
     fig.tight_layout()
-    fig.savefig(out / "deviations.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "deviations.png", dpi=120)
 
 
 def write_groups(out: Path, languages: list[str], groups: list[list[int]], figures: bool = True) -> None:
@@ -91,7 +82,7 @@ def write_groups(out: Path, languages: list[str], groups: list[list[int]], figur
     (out / "groups.json").write_text(json.dumps(named, indent=1) + "\n")
     if not figures:
         return
-    plt = _figure_libs()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 0.4 + 0.35 * len(groups)))
     for g, members in enumerate(named):
         ax.barh(g, len(members), color=plt.cm.tab20(g % 20))
@@ -100,5 +91,4 @@ def write_groups(out: Path, languages: list[str], groups: list[list[int]], figur
     ax.invert_yaxis()
     ax.set_xlabel("languages")
     fig.tight_layout()
-    fig.savefig(out / "groups.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "groups.png", dpi=120)
