@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from gts_megatron.errors import GtsError
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
@@ -45,3 +47,20 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def claim_directory(out: Path, inputs: dict, what: str) -> None:
+    """Make ``out`` the home of work on ``inputs`` (recorded in ``out/inputs.json``), or refuse it
+    when it holds work on other inputs: resuming from those would mix two experiments."""
+    import json
+
+    record = out / "inputs.json"
+    if record.is_file():
+        held = json.loads(record.read_text())
+        if held != inputs:
+            changed = sorted(k for k in set(held) | set(inputs) if held.get(k) != inputs.get(k))
+            raise GtsError(f"{out} holds {what} with other inputs ({', '.join(changed)} differ); use another "
+                           f"output directory, or remove it to start over")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(inputs, indent=1, sort_keys=True) + "\n")

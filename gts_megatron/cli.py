@@ -99,13 +99,26 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: for now, the demo corpus, its token datasets and dense pretraining on them."""
-    from gts_megatron.demo import demo_args, prepare_demo_data
-    from gts_megatron.runtime.launch import in_launched_worker
+    """The main job: the whole method on the embedded corpus, ending in <run-dir>/report.md."""
+    from gts_megatron.demo import run_demo
+    from gts_megatron.demo.report import update_readme
 
-    if not in_launched_worker():
-        prepare_demo_data(Path(args.run_dir))
-    return cmd_pretrain(demo_args(args))
+    run_dir = Path(args.run_dir or ("runs/demo-quick" if args.quick else "runs/demo"))
+    report = run_demo(run_dir, args.quick)
+    if args.readme:
+        update_readme(Path(args.readme), report)
+        print(f"updated the results section of {args.readme}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """A new language as a new expert: clone the best expert, train it, report before and after."""
+    from gts_megatron.adapt import adapt
+    from gts_megatron.config import AdaptConfig
+
+    cfg = _options(AdaptConfig, args)
+    adapt(cfg, Path(args.out or Path(args.run_dir) / "adapt" / cfg.lang))
+    return 0
 
 
 def _languages(value: str) -> list[str]:
@@ -264,7 +277,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `gts` command."""
-    from gts_megatron.config import EvalConfig, ExperimentConfig, PlanConfig, ProbeConfig
+    from gts_megatron.config import AdaptConfig, EvalConfig, ExperimentConfig, PlanConfig, ProbeConfig
 
     parser = argparse.ArgumentParser(prog="gts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -319,9 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
                                            "seed", "split", "window", "stride", "eval_batch_size", "max_tokens"])
     p.set_defaults(func=cmd_experiment)
 
+    p = sub.add_parser("adapt", help=cmd_adapt.__doc__)
+    p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/adapt/<lang>")
+    p.add_argument("--out", help="adaptation directory (overrides --run-dir)")
+    _add_field_flags(p, AdaptConfig, ["checkpoint", "lang", "data", "eval_data", "steps", "lr", "router_loss_weight",
+                                      "micro_batch_size", "global_batch_size", "seq_length", "seed", "split",
+                                      "window", "stride", "eval_batch_size", "max_tokens"])
+    p.set_defaults(func=cmd_adapt)
+
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
-    _add_run_args(p, "runs/demo")
-    p.add_argument("--quick", action="store_true", help="a shorter run (a minute on 2 cores)")
+    p.add_argument("--run-dir", help="where everything goes (default runs/demo, or runs/demo-quick)")
+    p.add_argument("--quick", action="store_true", help="6 languages and a few steps per stage (about 3 minutes)")
+    p.add_argument("--readme", help="also write the report's results section into this README")
     p.set_defaults(func=cmd_demo)
 
     _add_data_parsers(sub)

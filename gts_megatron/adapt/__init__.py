@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.artifacts import atomic_write_text, claim_directory
 from gts_megatron.config import AdaptConfig, MoEConfig, ParallelConfig, build_config
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.engine.checkpoint import finished_checkpoint as finished, save_checkpoint, unwrap
@@ -84,12 +84,20 @@ def write_extended_checkpoint(old: TrainedModel, plan: Plan, source_expert: int,
         shutdown_runtime()
 
 
-def only_new_expert_and_routers(new_expert: int):
-    """Which parameters adaptation trains: the new expert's and the routers'."""
-    def trainable(name: str) -> bool:
-        match = _EXPERT.search(name)
-        return ".mlp.router." in name or (match is not None and int(match[1]) == new_expert)
-    return trainable
+def train_only(new_expert: int):
+    """Freeze everything but the new expert and the routers. Dense weights stop needing gradients;
+    the old experts share one checkpoint tensor per layer with the new one, so they stay in the
+    optimizer with their gradients zeroed (and no weight decay, so Adam leaves them unchanged)."""
+    def prepare(model: torch.nn.Module) -> None:
+        for name, param in model.named_parameters():
+            match = _EXPERT.search(name)
+            if ".mlp.router." in name or (match is not None and int(match[1]) == new_expert):
+                continue
+            if match is not None:
+                param.register_hook(torch.zeros_like)
+            else:
+                param.requires_grad_(False)
+    return prepare
 
 
 def adapt(cfg: AdaptConfig, out: Path, log=print) -> dict:
@@ -111,7 +119,10 @@ def adapt(cfg: AdaptConfig, out: Path, log=print) -> dict:
     if not old_languages:
         raise GtsError(f"{eval_data} has none of the model's languages ({', '.join(old.plan.languages)}); "
                        f"pass --eval-data with their held-out text")
-    out.mkdir(parents=True, exist_ok=True)
+    training = {k: getattr(cfg, k) for k in ("lang", "steps", "lr", "router_loss_weight", "micro_batch_size",
+                                             "global_batch_size", "seq_length", "seed")}
+    claim_directory(out, {"checkpoint": old.identity(), "data": str(Path(cfg.data).resolve()), **training},
+                    "an adaptation")
 
     log(f"[adapt 1/4] {cfg.lang}: perplexity with each of the {old.plan.num_experts} experts")
     new_before = evaluate_cached(old.path, cfg.data, [cfg.lang], cfg, out / "before-new.json", log,
@@ -137,12 +148,12 @@ def adapt(cfg: AdaptConfig, out: Path, log=print) -> dict:
             "model": old.config.model_dump(mode="json"),
             "train": {"steps": cfg.steps, "lr": cfg.lr, "min_lr": cfg.lr / 10, "warmup_steps": max(0, cfg.steps // 20),
                       "micro_batch_size": cfg.micro_batch_size, "global_batch_size": cfg.global_batch_size,
-                      "seq_length": cfg.seq_length, "seed": cfg.seed, "init_from": str(init),
+                      "seq_length": cfg.seq_length, "seed": cfg.seed, "init_from": str(init), "weight_decay": 0.0,
                       "save_interval": max(1, cfg.steps // 4), "eval_samples": 8},
             "data": {"kind": "indexed", "path": cfg.data, "languages": [cfg.lang]},
             "moe": {"plan": str(out / "plan.json"), "stage": "group", "router_loss_weight": cfg.router_loss_weight}},
             "adapt")
-        result = train_stage(run_cfg, run_dir, trainable=only_new_expert_and_routers(plan.num_experts - 1))
+        result = train_stage(run_cfg, run_dir, prepare_model=train_only(plan.num_experts - 1))
         if result.interrupted_by:
             raise Interrupted(result.interrupted_by, "adaptation training")
         trained = finished(run_dir, cfg.steps)

@@ -24,7 +24,8 @@ def build_dataset(cfg: RunConfig, run_dir: Path, language_to_group: Optional[dic
     if cfg.data.kind == "synthetic":
         return SyntheticTokens(cfg.model.vocab_size, cfg.train.seq_length, cfg.train.seed, cfg.data.successors)
     return LanguageMixture(Path(cfg.data.path), cfg.data.languages, cfg.data.alpha, cfg.train.seq_length,
-                           cfg.train.seed, cfg.train.steps * cfg.train.global_batch_size, run_dir / "data_cache",
+                           cfg.train.seed, cfg.train.data_offset + cfg.train.steps * cfg.train.global_batch_size,
+                           run_dir / "data_cache",
                            language_to_group=language_to_group, model_vocab_size=cfg.model.vocab_size)
 
 

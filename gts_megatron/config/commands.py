@@ -135,7 +135,7 @@ class EvalWindows(_Section):
     @model_validator(mode="after")
     def _stride_fits(self) -> "EvalWindows":
         if self.window is not None and self.stride is not None and self.stride > self.window:
-            raise ValueError(f"stride {self.stride} is longer than the window {self.window}: tokens between "
+            raise ValueError(f"--stride {self.stride} is longer than --window {self.window}: tokens between "
                              f"windows would never be scored")
         return self
 

@@ -119,6 +119,9 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept on disk")
     eval_samples: int = Field(8, ge=0, description="held-out sequences per validation set (per language)")
     eval_interval: int = Field(0, ge=0, description="steps between validations (and one before training); 0 = only at the end")
+    data_offset: int = Field(
+        0, ge=0, description="training samples of the mixture to skip at the start: a run that goes on with "
+                             "the data after another run's (its consumed samples) instead of reading them again")
     init_from: Optional[str] = Field(
         None, description="checkpoint whose model weights start a new run (any parallel layout)")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to <run>/tensorboard")

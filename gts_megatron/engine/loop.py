@@ -183,7 +183,7 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
         config.grad_scale_func = optimizer.scale_loss
 
     ckpt_root = run_dir / "checkpoints"
-    state = {"step": 0, "consumed_samples": 0}
+    state = {"step": 0, "consumed_samples": t.data_offset}
     resume_from = ckpt.latest_checkpoint(ckpt_root)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, model, cfg.model, optimizer, scheduler, moe=moe)

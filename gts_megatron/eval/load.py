@@ -10,7 +10,7 @@ import torch
 
 from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.data.manifest import Manifest
-from gts_megatron.engine.checkpoint import LATEST_FILE, load_checkpoint, read_meta, resolve_checkpoint
+from gts_megatron.engine.checkpoint import LATEST_FILE, META_FILE, load_checkpoint, read_meta, resolve_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import gts_decoder_spec, moe_parameter_counts, moe_transformer_fields
 from gts_megatron.model.llama import build_model, count_parameters, transformer_config
@@ -46,6 +46,11 @@ class TrainedModel:
                                f"continue its training for a step with this version to record it")
             plan = Plan.model_validate(meta["plan"])
         return cls(path, meta, ModelConfig.model_validate(meta["model"]), plan, meta.get("stage", "pretrain"))
+
+    def identity(self) -> dict:
+        """What tells this checkpoint from another at the same path (a retrained one)."""
+        return {"path": str(self.path.resolve()), "step": self.step,
+                "written_ns": (self.path / META_FILE).stat().st_mtime_ns}
 
     @property
     def step(self) -> int:

@@ -130,9 +130,10 @@ def evaluate_cached(checkpoint: Path, data: str, languages: list[str], windows, 
                     **options) -> dict:
     """``evaluate_checkpoint`` with the window settings of ``windows`` (and EvalConfig ``options``:
     routing, unknown_language), reusing ``out`` when it holds the same evaluation."""
-    key = {"checkpoint": str(checkpoint), "data": data, "languages": list(languages),
-           **{k: getattr(windows, k) for k in EVAL_FIELDS}, **options}
-    cfg = EvalConfig(**{k: v for k, v in key.items() if k != "checkpoint"}, checkpoint=str(checkpoint))
+    settings = {"data": data, "languages": list(languages), **{k: getattr(windows, k) for k in EVAL_FIELDS},
+                **options}
+    cfg = EvalConfig(**settings, checkpoint=str(checkpoint))
+    key = {"checkpoint": TrainedModel.open(Path(checkpoint)).identity(), **settings}
     if out.is_file():
         cached = json.loads(out.read_text())
         if cached.get("key") == key:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from gts_megatron.config import ExperimentConfig, RunConfig
+from gts_megatron.engine.optim import lr_at
 from gts_megatron.plan.plan_file import Plan, write_plan
 
 
@@ -70,13 +71,27 @@ def stages(arm: str, steps: int, learned_steps: int) -> list[tuple[str, int]]:
     return [("group", first)] + ([("learned", learned_steps)] if learned_steps else [])
 
 
-def stage_config(base: RunConfig, stage: str, steps: int, plan_path: Optional[Path], init_from: Path) -> RunConfig:
-    """The run config of one training stage of an arm."""
+def stage_config(base: RunConfig, arm: str, stage: str, plan_path: Optional[Path], init_from: Path,
+                 learned_steps: int, base_samples: int) -> RunConfig:
+    """The run config of one training stage of an arm. Every arm reads the mixture from where the
+    base's pretraining stopped (``base_samples``), so all arms see the same new samples. A
+    two-stage arm follows one learning-rate schedule over ``base.train.steps``: stage 1 stops
+    part-way down it and stage 2 goes on from the rate stage 1 ended with and the samples after
+    stage 1's, without a second warm-up (restarting at the peak rate would cost what it gained)."""
     raw = base.model_dump(mode="json")
-    raw["train"].update(steps=steps, init_from=str(init_from))
+    total = base.train.steps
+    plan = dict(stages(arm, total, learned_steps))
+    train = raw["train"]
+    offset = base_samples + (plan["group"] * base.train.global_batch_size if stage == "learned" and len(plan) == 2
+                             else 0)
+    train.update(steps=plan[stage], init_from=str(init_from), data_offset=offset)
+    if len(plan) == 2 and stage == "group":
+        train.update(lr_decay_steps=base.train.lr_decay_steps or total)
+    elif len(plan) == 2 and stage == "learned":
+        first = plan["group"]
+        train.update(lr=lr_at(base.train, first), warmup_steps=0,
+                     lr_decay_steps=max(1, (base.train.lr_decay_steps or total) - first))
     raw["moe"].update(plan=str(plan_path) if plan_path else None, stage="learned" if stage == "learned" else "group")
-    if raw["train"]["warmup_steps"] >= steps:
-        raw["train"]["warmup_steps"] = max(0, steps // 10)
     return RunConfig.model_validate(raw)
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.artifacts import atomic_write_text, claim_directory
 from gts_megatron.config import ExperimentConfig, RunConfig
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.errors import GtsError, Interrupted
@@ -50,6 +50,10 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
     raw.update(model=base.config.model_dump(mode="json"),
                data={**raw["data"], "kind": "indexed", "path": cfg.data, "languages": list(plan.languages)})
     run = RunConfig.model_validate(raw)
+    base_samples = int(base.meta.get("train_state", {}).get("consumed_samples", 0))
+    claim_directory(out, {"base": base.identity(), "plan": plan.sha256(), "data": str(Path(cfg.data).resolve()),
+                          "train": run.model_dump(mode="json"), "learned_steps": cfg.learned_steps,
+                          "upcycle_experts": cfg.upcycle_experts, "seed": cfg.seed}, "an experiment")
 
     # every arm's plan and stage configs first, so a bad one stops the experiment before any training
     arms = {}
@@ -58,8 +62,8 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
         p = arm_plan(arm, plan, base.config.num_layers, cfg)
         plan_path = save_arm_plan(p, arm_dir / "plan.json") if p is not None else None
         arms[arm] = (arm_dir, p, plan_path)
-        for stage, n in stages(arm, steps, cfg.learned_steps):
-            stage_config(run, stage, n, plan_path, base.path)
+        for stage, _ in stages(arm, steps, cfg.learned_steps):
+            stage_config(run, arm, stage, plan_path, base.path, cfg.learned_steps, base_samples)
 
     results = {"base": evaluate_cached(base.path, cfg.data, plan.languages, cfg, out / "base" / "eval.json", log)}
     for arm, (arm_dir, p, plan_path) in arms.items():
@@ -75,7 +79,8 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
             done = finished(run_dir, n)
             if done is None:
                 log(f"{arm}: {stage} for {n} steps in {run_dir}")
-                result = _train_stage(stage, stage_config(run, stage, n, plan_path, init), run_dir)
+                stage_cfg = stage_config(run, arm, stage, plan_path, init, cfg.learned_steps, base_samples)
+                result = _train_stage(stage, stage_cfg, run_dir)
                 if result.interrupted_by:
                     raise Interrupted(result.interrupted_by, f"{arm}/{stage}")
                 done = finished(run_dir, n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 from megatron.core import parallel_state
 
 from gts_megatron.base.pretrain import build_dataset, tokenizer_record
@@ -59,18 +60,18 @@ def build_gts_model(cfg: RunConfig, plan: Plan):
     return build_model(cfg.model, config, gts_decoder_spec(config, cfg.model, cfg.moe, plan)), config
 
 
-def train_stage(cfg: RunConfig, run_dir: Path, trainable: Optional[Callable[[str], bool]] = None) -> TrainResult:
-    """Run (or resume) GtS training stage ``cfg.moe.stage`` into ``run_dir``. Collective. With
-    ``trainable``, only the parameters whose names it accepts learn (the rest are frozen)."""
+def train_stage(cfg: RunConfig, run_dir: Path,
+                prepare_model: Optional[Callable[[torch.nn.Module], None]] = None) -> TrainResult:
+    """Run (or resume) GtS training stage ``cfg.moe.stage`` into ``run_dir``. Collective.
+    ``prepare_model`` sees the model before training (adaptation freezes parameters there)."""
     plan = check_moe(cfg)
     total, active = moe_parameter_counts(cfg.model, plan, 1 if cfg.moe.stage == "group" else cfg.moe.topk)
     banner = (f"GtS model, stage {cfg.moe.stage}: {total / 1e6:.2f}M parameters, {active / 1e6:.2f}M active "
               f"per token; {plan.num_experts} experts in layers {sorted(plan.moe_layers)}")
     with training_session(cfg, run_dir, banner) as runtime:
         model, config = build_gts_model(cfg, plan)
-        if trainable is not None:
-            for name, param in model.named_parameters():
-                param.requires_grad_(trainable(name))
+        if prepare_model is not None:
+            prepare_model(model)
         groups = plan.language_to_group if cfg.moe.stage == "group" else None
         dataset = build_dataset(cfg, run_dir, groups)
         record = {"stage": cfg.moe.stage, "topk": cfg.moe.topk if cfg.moe.stage == "learned" else 1,

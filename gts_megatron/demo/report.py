@@ -1,0 +1,145 @@
+"""The demo's report: ``<run>/report.md`` with its figures, from what the stages left on disk.
+
+Its "Results" section (between the ``<!-- demo-results -->`` markers) is also what
+``gts demo --readme README.md`` puts into the README, so the numbers there always come from a run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.errors import GtsError
+from gts_megatron.figures import pyplot, save_figure
+
+BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def loss_curves(run_dir: Path, out: Path) -> None:
+    """loss_curves.png: the base's pretraining loss, then each arm's training loss (stage 2 after stage 1)."""
+    plt = pyplot()
+    fig, (base_ax, arms_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    base = [m for m in _metrics(run_dir / "base") if "loss" in m]
+    base_ax.plot([m["step"] for m in base], [m["loss"] for m in base], color="black")
+    base_ax.set(title="dense base pretraining", xlabel="step", ylabel="training loss")
+    for arm_dir in sorted((run_dir / "experiment").iterdir()):
+        steps, losses, offset = [], [], 0
+        for stage in ("pretrain", "group", "learned"):
+            rows = [m for m in _metrics(arm_dir / stage) if "loss" in m]
+            steps += [offset + m["step"] for m in rows]
+            losses += [m["loss"] for m in rows]
+            offset = steps[-1] if steps else offset
+        if steps:
+            arms_ax.plot(steps, losses, label=arm_dir.name, linewidth=1)
+    arms_ax.set(title="arms from the base, equal tokens", xlabel="step", ylabel="training loss")
+    arms_ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def _change(new: float, old: float) -> str:
+    return f"{100 * (new / old - 1):+.1f}%"
+
+
+def results_section(run_dir: Path) -> str:
+    """The Markdown results: the comparison table, the verdicts, and the adaptation."""
+    results = json.loads((run_dir / "experiment" / "results.json").read_text())
+    arms = results["arms"]
+    table = (run_dir / "experiment" / "results.md").read_text().strip()
+    lines = [table, ""]
+    if "gts" in arms and "dense" in arms:
+        gts, dense = arms["gts"]["mean_perplexity"], arms["dense"]["mean_perplexity"]
+        verdict = "beats" if gts < dense else "does NOT beat"
+        lines.append(f"- GtS {verdict} dense continued training at equal training tokens: mean perplexity "
+                     f"{gts:.2f} vs {dense:.2f} ({_change(gts, dense)}).")
+    if "gts" in arms and "random" in arms:
+        gts, rnd = arms["gts"]["mean_perplexity"], arms["random"]["mean_perplexity"]
+        verdict = "beats" if gts < rnd else "does NOT beat"
+        lines.append(f"- GtS {verdict} random groups of the same sizes: {gts:.2f} vs {rnd:.2f} ({_change(gts, rnd)}).")
+    adapt_file = run_dir / "adapt" / "adapt.json"
+    if adapt_file.is_file():
+        a = json.loads(adapt_file.read_text())
+        old = a["old_mean"]
+        lines.append(f"- Adaptation to {a['language']} (expert {a['cloned_expert']} cloned): its perplexity "
+                     f"{a['new']['before']:.1f} -> {a['new']['after']:.1f}; the old languages' mean "
+                     f"{old['before']:.2f} -> {old['after']:.2f} ({old['change_percent']:+.2f}%, bar: at most 1%), "
+                     f"under group routing.")
+    return "\n".join(lines)
+
+
+def _plan_section(run_dir: Path) -> str:
+    plan = json.loads((run_dir / "plan" / "plan.json").read_text())
+    groups = {}
+    for lang, g in plan["language_to_group"].items():
+        groups.setdefault(g, []).append(lang)
+    listed = "; ".join(f"group {g}: {' '.join(sorted(langs))}" for g, langs in sorted(groups.items()))
+    return (f"{len(plan['languages'])} languages in {len(groups)} groups ({listed}); MoE layers "
+            f"{plan['moe_layers']} (normalised mean FFN deviation >= epsilon).\n\n"
+            f"![similarity](plan/similarity.png)\n\n![deviations](plan/deviations.png)")
+
+
+def _adapt_section(run_dir: Path) -> str:
+    a = json.loads((run_dir / "adapt" / "adapt.json").read_text())
+    choice = ", ".join(f"expert of group {g}: {p:.1f}" for g, p in a["expert_choice"]["valid_perplexity"].items())
+    rows = ["| language | before | after | change |", "|---|---|---|---|",
+            f"| {a['language']} (new) | {a['new']['before']:.2f} | {a['new']['after']:.2f} | "
+            f"{_change(a['new']['after'], a['new']['before'])} |"]
+    rows += [f"| {lang} | {r['before']:.2f} | {r['after']:.2f} | {_change(r['after'], r['before'])} |"
+             for lang, r in a["old"].items()]
+    rows.append(f"| old mean | {a['old_mean']['before']:.2f} | {a['old_mean']['after']:.2f} | "
+                f"{a['old_mean']['change_percent']:+.2f}% |")
+    return (f"Valid-split perplexity of {a['language']} with each expert under hard routing: {choice}; "
+            f"expert {a['cloned_expert']} was cloned.\n\n" + "\n".join(rows))
+
+
+def write_report(run_dir: Path, recipe, log: Callable = print) -> Path:
+    """Write ``<run>/report.md`` (and ``loss_curves.png``) from the finished stages."""
+    needed = [run_dir / "experiment" / "results.json", run_dir / "plan" / "plan.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise GtsError(f"cannot write the report: {', '.join(missing)} missing; run `gts demo` to finish the stages")
+    loss_curves(run_dir, run_dir / "loss_curves.png")
+    state = json.loads((run_dir / "demo.json").read_text()) if (run_dir / "demo.json").is_file() else {}
+    manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
+    data_rows = ["| language | role | train tokens | valid | test |", "|---|---|---|---|---|"]
+    for lang in manifest["languages"]:
+        splits = manifest["data"][lang]["splits"]
+        role = "new language (adaptation)" if lang == recipe.new_language else "GtS"
+        data_rows.append(f"| {lang} | {role} | {splits['train']['tokens']:,} | {splits['valid']['tokens']:,} | "
+                         f"{splits['test']['tokens']:,} |")
+    seconds = state.get("seconds", {})
+    timing = " | ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    sections = [
+        f"# GtS demo report{' (--quick)' if state.get('quick') else ''}",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}; time per stage: {timing}; "
+        f"total {sum(seconds.values()) / 60:.1f} min.",
+        "## Data\n\n" + "\n".join(data_rows),
+        "## Probes and plan\n\n" + _plan_section(run_dir),
+        "## Results\n\n" + BEGIN + "\n" + results_section(run_dir) + "\n" + END,
+        "![perplexity](experiment/perplexity.png)\n\n![loss curves](loss_curves.png)",
+    ]
+    if (run_dir / "adapt" / "adapt.json").is_file():
+        sections.append("## New-language adaptation\n\n" + _adapt_section(run_dir))
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n\n".join(sections) + "\n")
+    log(f"wrote {path}")
+    return path
+
+
+def update_readme(readme: Path, report: Path) -> None:
+    """Replace the results section of ``readme`` (between the markers) with the report's."""
+    text, source = readme.read_text(), report.read_text()
+    if BEGIN not in text or END not in text:
+        raise GtsError(f"{readme} has no {BEGIN} ... {END} section to replace")
+    section = source[source.index(BEGIN):source.index(END) + len(END)]
+    atomic_write_text(readme, text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):])

@@ -1,0 +1,90 @@
+"""`gts demo --quick`: the whole pipeline on the demo corpus, interrupted and resumed, ending in a
+report; and the bad inputs a user meets with its models (another tokenizer, an empty split)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import assert_one_line_error, files_under, gts_cmd, gts_env, run_gts
+
+README = "# project\n\n## Results\n\n<!-- demo-results:begin -->\nold numbers\n<!-- demo-results:end -->\n\nrest\n"
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """A quick demo interrupted (SIGINT) once the experiment stage starts, then run again to the
+    end with --readme; returns the run directory and both runs' output."""
+    root = tmp_path_factory.mktemp("demo")
+    run_dir = root / "run"
+    env = {**gts_env(), "OMP_NUM_THREADS": "2"}  # the only process: both cores
+    first = subprocess.Popen(gts_cmd("demo", "--quick", "--run-dir", str(run_dir)), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in first.stdout:
+        lines.append(line)
+        if line.startswith("[demo 6/8]"):
+            first.send_signal(signal.SIGINT)
+            break
+    lines.append(first.stdout.read())
+    first.wait(timeout=300)
+    base_checkpoints = files_under(run_dir / "base" / "checkpoints")
+    (root / "README.md").write_text(README)
+    second = run_gts("demo", "--quick", "--run-dir", str(run_dir), "--readme", str(root / "README.md"),
+                     timeout=600, env={"OMP_NUM_THREADS": "2"})
+    return {"run": run_dir, "root": root, "first": "".join(lines), "first_rc": first.returncode,
+            "second": second.stdout + second.stderr, "base_checkpoints": base_checkpoints}
+
+
+def test_an_interrupted_demo_resumes_without_redoing_finished_stages(quick_demo):
+    assert quick_demo["first_rc"] == 130, quick_demo["first"][-2000:]
+    assert "Traceback" not in quick_demo["first"]
+    # the second run skips what the first finished: the corpus, the data, the base, the probes
+    out = quick_demo["second"]
+    assert out.count("is up to date") == 2, out  # corpus and data
+    assert "5 of 5 languages already probed with these inputs" in out
+    assert files_under(quick_demo["run"] / "base" / "checkpoints") == quick_demo["base_checkpoints"]
+    for n in range(1, 9):
+        assert f"[demo {n}/8]" in out
+
+
+def test_the_report_holds_every_result_and_figure(quick_demo):
+    run = quick_demo["run"]
+    report = (run / "report.md").read_text()
+    for heading in ("## Data", "## Probes and plan", "## Results", "## New-language adaptation"):
+        assert heading in report
+    for figure in ("plan/similarity.png", "plan/deviations.png", "experiment/perplexity.png", "loss_curves.png"):
+        assert f"]({figure})" in report and (run / figure).read_bytes()[:4] == b"\x89PNG"
+    arms = json.loads((run / "experiment" / "results.json").read_text())["arms"]
+    assert list(arms) == ["base", "dense", "gts", "random"]
+    for arm in arms.values():  # five GtS languages, the sixth (pt) held out for adaptation
+        assert sorted(arm["languages"]) == ["de", "en", "es", "fr", "ru"]
+    adapt = json.loads((run / "adapt" / "adapt.json").read_text())
+    assert adapt["language"] == "pt" and adapt["new"]["after"] < adapt["new"]["before"]
+    assert abs(adapt["old_mean"]["change_percent"]) <= 1.0
+    state = json.loads((run / "demo.json").read_text())
+    assert set(state["seconds"]) == {"corpus", "data", "base", "probe", "plan", "experiment", "adapt", "report"}
+    readme = (quick_demo["root"] / "README.md").read_text()
+    assert "old numbers" not in readme and "| gts | 2 |" in readme and readme.endswith("rest\n")
+
+
+def test_data_from_another_tokenizer_or_without_held_out_text_is_refused(quick_demo, tmp_path):
+    run = quick_demo["run"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in ("de", "en"):  # a small corpus from the demo's own text
+        lines = (run / "corpus" / f"{lang}.txt").read_text().split("\n\n")[:40]
+        (corpus / f"{lang}.txt").write_text("\n\n".join(lines))
+    run_gts("data", "prepare", "--corpus", str(corpus), "--out", str(tmp_path / "own"), "--vocab-size", "300")
+    out = tmp_path / "eval.json"
+    proc = run_gts("eval", "--checkpoint", str(run / "base"), "--data", str(tmp_path / "own"), "--out", str(out),
+                   check=False)
+    assert_one_line_error(proc, "is tokenized with another tokenizer", "--tokenizer")
+    run_gts("data", "prepare", "--corpus", str(corpus), "--out", str(tmp_path / "same"),
+            "--tokenizer", str(run / "data" / "tokenizer.model"), "--test-fraction", "0")
+    proc = run_gts("eval", "--checkpoint", str(run / "base"), "--data", str(tmp_path / "same"), "--out", str(out),
+                   check=False)
+    assert_one_line_error(proc, "has 0 test tokens, nothing to evaluate")
+    assert not out.exists()
