@@ -104,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gts_megatron.demo.report import update_readme
 
     run_dir = Path(args.run_dir or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = run_demo(run_dir, args.quick)
+    report = run_demo(run_dir, args.quick, log=lambda line: print(line, flush=True))  # prompt in pipes and logs
     if args.readme:
         update_readme(Path(args.readme), report)
         print(f"updated the results section of {args.readme}")

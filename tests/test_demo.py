@@ -77,7 +77,7 @@ def test_data_from_another_tokenizer_or_without_held_out_text_is_refused(quick_d
     for lang in ("de", "en"):  # a small corpus from the demo's own text
         lines = (run / "corpus" / f"{lang}.txt").read_text().split("\n\n")[:40]
         (corpus / f"{lang}.txt").write_text("\n\n".join(lines))
-    run_gts("data", "prepare", "--corpus", str(corpus), "--out", str(tmp_path / "own"), "--vocab-size", "300")
+    run_gts("data", "prepare", "--corpus", str(corpus), "--out", str(tmp_path / "own"), "--vocab-size", "600")
     out = tmp_path / "eval.json"
     proc = run_gts("eval", "--checkpoint", str(run / "base"), "--data", str(tmp_path / "own"), "--out", str(out),
                    check=False)

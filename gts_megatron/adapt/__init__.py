@@ -162,6 +162,7 @@ def adapt(cfg: AdaptConfig, out: Path, log=print) -> dict:
     new_after = evaluate_cached(trained, cfg.data, [cfg.lang], cfg, out / "after-new.json", log, routing="group")
     old_after = evaluate_cached(trained, eval_data, old_languages, cfg, out / "after-old.json", log, routing="group")
     report = adaptation_report(cfg.lang, source_expert, choice, new_before, new_after, old_before, old_after)
+    report["source"] = str(old.path)
     atomic_write_text(out / "adapt.json", json.dumps(report, indent=1) + "\n")
     log(adaptation_table(report))
     return report

@@ -168,6 +168,9 @@ class MoEConfig(_Section):
                              "learned: megatron's top-k router with load balancing (no group ids needed)")
     dispatcher: Literal["alltoall", "allgather"] = Field("alltoall", description="megatron-core token dispatcher")
     router_loss_weight: float = Field(1.28, ge=0, description="group: weight alpha of the router classification loss")
+    router_loss_into_model: bool = Field(
+        False, description="group: let the router loss's gradient reach the layers below the router (the "
+                           "paper's plain `LM + alpha * L_rc`); off, it trains the routers alone")
     topk: int = Field(2, ge=1, description="learned: experts per token")
     aux_loss_coeff: float = Field(0.02, ge=0, description="learned: load-balancing loss coefficient")
 

@@ -98,8 +98,10 @@ def _adapt_section(run_dir: Path) -> str:
              for lang, r in a["old"].items()]
     rows.append(f"| old mean | {a['old_mean']['before']:.2f} | {a['old_mean']['after']:.2f} | "
                 f"{a['old_mean']['change_percent']:+.2f}% |")
-    return (f"Valid-split perplexity of {a['language']} with each expert under hard routing: {choice}; "
-            f"expert {a['cloned_expert']} was cloned.\n\n" + "\n".join(rows))
+    return (f"Starting from {a.get('source', 'the GtS model')} (group routing throughout), the valid-split "
+            f"perplexity of {a['language']} with each expert under hard routing: {choice}; expert "
+            f"{a['cloned_expert']} was cloned, then it and the routers trained on {a['language']} alone.\n\n"
+            + "\n".join(rows))
 
 
 def write_report(run_dir: Path, recipe, log: Callable = print) -> Path:

@@ -83,10 +83,11 @@ def evaluate_checkpoint(cfg: EvalConfig, out: Optional[Path] = None, log=print) 
     groups = _language_groups(trained, routing, languages, cfg.unknown_language)
     window, stride = window_sizes(cfg, trained)
     pad = manifest.tokenizer.eod
-    held_out = {lang: sliding_windows(heldout_tokens(data_dir, lang, cfg.split, cfg.max_tokens), window, stride, pad)
-                for lang in languages}
-    candidates = {lang: sliding_windows(heldout_tokens(data_dir, lang, "valid", cfg.max_tokens), window, stride, pad)
-                  for lang, g in groups.items() if routing == "group" and g is None}
+    def windows_of(lang: str, split: str) -> Windows:
+        return sliding_windows(heldout_tokens(data_dir, manifest, lang, split, cfg.max_tokens), window, stride, pad)
+
+    held_out = {lang: windows_of(lang, cfg.split) for lang in languages}
+    candidates = {lang: windows_of(lang, "valid") for lang, g in groups.items() if routing == "group" and g is None}
     total, active = trained.parameters(routing)
     result = {"checkpoint": str(trained.path), "step": trained.step, "stage": trained.stage, "routing": routing,
               "data": str(data_dir), "split": cfg.split, "window": window, "stride": stride,

@@ -11,16 +11,20 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gts_megatron.data.manifest import dataset_prefix
+from gts_megatron.data.manifest import Manifest, dataset_prefix
 from gts_megatron.errors import GtsError
 
 
-def heldout_tokens(data_dir: Path, language: str, split: str, max_tokens: Optional[int] = None) -> np.ndarray:
+def heldout_tokens(data_dir: Path, manifest: Manifest, language: str, split: str,
+                   max_tokens: Optional[int] = None) -> np.ndarray:
     """The documents of ``language``'s ``split``, joined (each ends with the EOD token), capped at
     ``max_tokens``; refused when there are fewer than 2 tokens (nothing to predict)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     prefix = dataset_prefix(data_dir, language, split)
+    if manifest.tokens(language, split) < 2:  # an empty split has no readable index to open
+        raise GtsError(f"{prefix}: language {language} has {manifest.tokens(language, split)} {split} tokens, "
+                       f"nothing to evaluate; prepare the data with a larger --{split}-fraction")
     dataset = IndexedDataset(str(prefix))
     parts, total = [], 0
     for i in range(len(dataset)):

@@ -77,7 +77,7 @@ def stage_config(base: RunConfig, arm: str, stage: str, plan_path: Optional[Path
     base's pretraining stopped (``base_samples``), so all arms see the same new samples. A
     two-stage arm follows one learning-rate schedule over ``base.train.steps``: stage 1 stops
     part-way down it and stage 2 goes on from the rate stage 1 ended with and the samples after
-    stage 1's, without a second warm-up (restarting at the peak rate would cost what it gained)."""
+    stage 1's (restarting at the peak rate would cost what it gained)."""
     raw = base.model_dump(mode="json")
     total = base.train.steps
     plan = dict(stages(arm, total, learned_steps))
@@ -89,7 +89,9 @@ def stage_config(base: RunConfig, arm: str, stage: str, plan_path: Optional[Path
         train.update(lr_decay_steps=base.train.lr_decay_steps or total)
     elif len(plan) == 2 and stage == "learned":
         first = plan["group"]
-        train.update(lr=lr_at(base.train, first), warmup_steps=0,
+        # a short warm-up all the same: the optimizer state starts afresh, and Adam's first
+        # steps at full rate move every weight by about the rate (measured: it costs stage 2)
+        train.update(lr=lr_at(base.train, first), warmup_steps=min(base.train.warmup_steps, plan[stage] // 4),
                      lr_decay_steps=max(1, (base.train.lr_decay_steps or total) - first))
     raw["moe"].update(plan=str(plan_path) if plan_path else None, stage="learned" if stage == "learned" else "group")
     return RunConfig.model_validate(raw)

@@ -93,9 +93,10 @@ class GroupRouter(Router):
     router classification loss on the router's logits (MoELayer's router interface)."""
 
     def __init__(self, config: TransformerConfig, pg_collection=None, group_to_expert=(0,),
-                 loss_weight: float = 1.28):
+                 loss_weight: float = 1.28, into_model: bool = False):
         super().__init__(config, pg_collection)
         self.loss_weight = loss_weight
+        self.into_model = into_model
         self.register_buffer("group_to_expert", torch.tensor(list(group_to_expert), dtype=torch.long),
                              persistent=False)
 
@@ -109,7 +110,9 @@ class GroupRouter(Router):
         experts = self.group_to_expert.to(groups.device)[groups]
         routing_map = F.one_hot(experts, self.num_experts).bool()
         probs = routing_map.to(input.dtype)
-        logits = self.gating(input).reshape(-1, self.num_experts).float()
+        # group routing ignores the logits, so the router loss is their only use; detached, it
+        # trains the router without pulling the hidden states below it toward language ids
+        logits = self.gating(input if self.into_model else input.detach()).reshape(-1, self.num_experts).float()
         ce_sum = F.cross_entropy(logits, experts, reduction="sum")
         ROUTING.record(torch.stack([ce_sum.detach(), (logits.argmax(-1) == experts).sum().float(),
                                     torch.tensor(float(experts.numel()), device=logits.device)]))
@@ -140,7 +143,7 @@ def gts_decoder_spec(config: TransformerConfig, model: ModelConfig, moe: MoEConf
     block = decoder_spec(config, model.attention)
     if moe.stage == "group":
         router = functools.partial(GroupRouter, group_to_expert=plan.group_to_expert,
-                                   loss_weight=moe.router_loss_weight)
+                                   loss_weight=moe.router_loss_weight, into_model=moe.router_loss_into_model)
         for spec in block.layer_specs:
             if spec.submodules.mlp.module is MoELayer:
                 spec.submodules.mlp.submodules.router = router
