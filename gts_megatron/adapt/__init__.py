@@ -24,6 +24,7 @@ import torch
 from gts_megatron.artifacts import atomic_write_text, claim_directory
 from gts_megatron.config import AdaptConfig, MoEConfig, ParallelConfig, build_config
 from gts_megatron.data.manifest import load_manifest
+from gts_megatron.data.mixture import check_data
 from gts_megatron.engine.checkpoint import finished_checkpoint as finished, save_checkpoint, unwrap
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.load import TrainedModel
@@ -53,7 +54,8 @@ def cloned_state(old_state: dict, new_state: dict, source_expert: int, new_exper
             continue
         match = _EXPERT.search(key)
         if match and int(match[1]) == new_expert:
-            out[key] = old_state[key.replace(f".local_experts.{new_expert}.", f".local_experts.{source_expert}.")].clone()
+            source = key.replace(f".local_experts.{new_expert}.", f".local_experts.{source_expert}.")
+            out[key] = old_state[source].clone()
         elif key.endswith(".mlp.router.weight"):
             old = old_state[key]
             out[key] = torch.cat([old, old[source_expert:source_expert + 1]]).clone()
@@ -112,6 +114,7 @@ def adapt(cfg: AdaptConfig, out: Path, log=print) -> dict:
     if cfg.lang not in data.languages:
         raise GtsError(f"--lang {cfg.lang} is not in {cfg.data}; it has {', '.join(data.languages)}")
     old.check_tokens(Path(cfg.data), data)
+    check_data(Path(cfg.data), [cfg.lang], cfg.seq_length, old.config.vocab_size)  # enough text to train on
     eval_data = cfg.eval_data or cfg.data
     eval_manifest = load_manifest(Path(eval_data))
     old.check_tokens(Path(eval_data), eval_manifest)

@@ -56,7 +56,8 @@ def _config(run_dir: Path, recipe: DemoRecipe, extra: list[str]):
     from gts_megatron.config import load_config
 
     path = resources.files("gts_megatron") / "configs" / "demo.yaml"
-    return load_config(str(path), [f"data.path={run_dir / 'data'}", f"data.languages={json.dumps(recipe.gts_languages)}",
+    languages = json.dumps(recipe.gts_languages)
+    return load_config(str(path), [f"data.path={run_dir / 'data'}", f"data.languages={languages}",
                                    *recipe.overrides, *extra])
 
 

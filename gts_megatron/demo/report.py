@@ -88,6 +88,13 @@ def _plan_section(run_dir: Path) -> str:
             f"![similarity](plan/similarity.png)\n\n![deviations](plan/deviations.png)")
 
 
+def _relative(path: str, run_dir: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return path
+
+
 def _adapt_section(run_dir: Path) -> str:
     a = json.loads((run_dir / "adapt" / "adapt.json").read_text())
     choice = ", ".join(f"expert of group {g}: {p:.1f}" for g, p in a["expert_choice"]["valid_perplexity"].items())
@@ -98,7 +105,7 @@ def _adapt_section(run_dir: Path) -> str:
              for lang, r in a["old"].items()]
     rows.append(f"| old mean | {a['old_mean']['before']:.2f} | {a['old_mean']['after']:.2f} | "
                 f"{a['old_mean']['change_percent']:+.2f}% |")
-    return (f"Starting from {a.get('source', 'the GtS model')} (group routing throughout), the valid-split "
+    return (f"Starting from {_relative(a['source'], run_dir)} (group routing throughout), the valid-split "
             f"perplexity of {a['language']} with each expert under hard routing: {choice}; expert "
             f"{a['cloned_expert']} was cloned, then it and the routers trained on {a['language']} alone.\n\n"
             + "\n".join(rows))
