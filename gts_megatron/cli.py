@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help=cmd_probe.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/probes")
     p.add_argument("--out", help="probe store directory (overrides --run-dir)")
-    _add_field_flags(p, ProbeConfig, ["base", "data", "languages", "engine", "zero_stage", "steps", "lr", "micro_batch_size", "global_batch_size",
+    _add_field_flags(p, ProbeConfig, ["base", "data", "languages", "engine", "zero_stage", "steps", "lr",
+                                      "micro_batch_size", "global_batch_size",
                                       "seq_length", "sketch_size", "exact", "seed", "cpus_per_probe",
                                       "gpus_per_probe", "retries", "address"])
     p.set_defaults(func=cmd_probe)
@@ -298,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/demo", help="the plan goes to <run-dir>/plan")
     p.add_argument("--out", help="plan directory (overrides --run-dir)")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="numbers only, no PNG")
-    _add_field_flags(p, PlanConfig, ["probes", "deviations", "languages", "method", "k", "threshold", "groups_map", "similarity_layers",
+    _add_field_flags(p, PlanConfig, ["probes", "deviations", "languages", "method", "k", "threshold", "groups_map",
+                                     "similarity_layers",
                                      "epsilon", "top_n"])
     p.set_defaults(func=cmd_plan)
 
@@ -342,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     p.add_argument("--run-dir", help="where everything goes (default runs/demo, or runs/demo-quick)")
-    p.add_argument("--quick", action="store_true", help="6 languages and a few steps per stage (about 3 minutes)")
+    p.add_argument("--quick", action="store_true", help="6 languages and a few steps per stage (about 1.5 minutes)")
     p.add_argument("--readme", help="also write the report's results section into this README")
     p.set_defaults(func=cmd_demo)
 
@@ -408,7 +410,8 @@ def _add_data_parsers(sub) -> None:
     p.add_argument("--out", help="data directory (overrides --run-dir)")
     p.add_argument("--force", action="store_true", help="replace an existing data directory built otherwise")
     p.add_argument("--corpus", required=True, help=PrepareConfig.model_fields["corpus"].description)
-    _add_field_flags(p, PrepareConfig, ["languages", "tokenizer", "eod_token", "text_field", "vocab_size", "sample_characters",
+    _add_field_flags(p, PrepareConfig, ["languages", "tokenizer", "eod_token", "text_field", "vocab_size",
+                                        "sample_characters",
                                         "seed", "character_coverage", "sample_alpha", "valid_fraction",
                                         "test_fraction", "model_type", "separator"])
     p.add_argument("--skip-bad-lines", action="store_true", default=None,

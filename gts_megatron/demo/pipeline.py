@@ -133,7 +133,7 @@ def run_demo(run_dir: Path, quick: bool, log: Callable = print) -> Path:
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if state.get("quick", quick) != quick:
-        raise_mixed(run_dir, state["quick"])
+        _refuse_other_mode(run_dir, state["quick"])
     state.update(quick=quick, recipe={k: v for k, v in recipe.__dict__.items()})
     stages = demo_stages(run_dir, recipe, log)
     for number, (name, what, run) in enumerate(stages, 1):
@@ -147,7 +147,7 @@ def run_demo(run_dir: Path, quick: bool, log: Callable = print) -> Path:
     return run_dir / "report.md"
 
 
-def raise_mixed(run_dir: Path, was_quick: bool) -> None:
+def _refuse_other_mode(run_dir: Path, was_quick: bool) -> None:
     from gts_megatron.errors import GtsError
 
     raise GtsError(f"{run_dir} holds a {'--quick' if was_quick else 'full'} demo; use another --run-dir "

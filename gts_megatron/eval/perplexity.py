@@ -83,6 +83,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out: Optional[Path] = None, log=print) 
     groups = _language_groups(trained, routing, languages, cfg.unknown_language)
     window, stride = window_sizes(cfg, trained)
     pad = manifest.tokenizer.eod
+
     def windows_of(lang: str, split: str) -> Windows:
         return sliding_windows(heldout_tokens(data_dir, manifest, lang, split, cfg.max_tokens), window, stride, pad)
 
