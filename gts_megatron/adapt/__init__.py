@@ -29,8 +29,7 @@ from gts_megatron.engine.checkpoint import finished_checkpoint as finished, save
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.load import TrainedModel
 from gts_megatron.eval.perplexity import evaluate_cached
-from gts_megatron.model.gts import gts_decoder_spec, moe_transformer_fields
-from gts_megatron.model.llama import build_model, transformer_config
+from gts_megatron.model.gts import build_moe_model
 from gts_megatron.plan.plan_file import Plan, moe_identity, write_plan
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
@@ -72,8 +71,7 @@ def write_extended_checkpoint(old: TrainedModel, plan: Plan, source_expert: int,
     try:
         old_model = old.build("group")
         moe = MoEConfig(plan=str(out), stage="group")
-        config = transformer_config(old.config, ParallelConfig(), **moe_transformer_fields(old.config, moe, plan))
-        new_model = build_model(old.config, config, gts_decoder_spec(config, old.config, moe, plan))
+        new_model, _ = build_moe_model(old.config, ParallelConfig(), moe, plan)
         with torch.no_grad():
             state = cloned_state(unwrap(old_model).state_dict(), unwrap(new_model).state_dict(),
                                  source_expert, plan.num_experts - 1)

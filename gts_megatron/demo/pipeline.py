@@ -68,6 +68,7 @@ def demo_stages(run_dir: Path, recipe: DemoRecipe, log: Callable) -> list[tuple[
     data, base, plan = run_dir / "data", run_dir / "base", run_dir / "plan" / "plan.json"
     windows = {"max_tokens": recipe.max_eval_tokens, "window": None, "stride": None}
     langs = recipe.gts_languages
+    seq = _config(run_dir, recipe, []).train.seq_length  # every run's sequence length
 
     def corpus():
         from gts_megatron.data.demo_corpus import build_demo_corpus
@@ -88,7 +89,6 @@ def demo_stages(run_dir: Path, recipe: DemoRecipe, log: Callable) -> list[tuple[
 
     def probe():
         from gts_megatron.probe.fleet import run_fleet
-        seq = _config(run_dir, recipe, []).train.seq_length
         run_fleet(ProbeConfig(base=str(base / "checkpoints"), data=str(data), languages=langs,
                               steps=recipe.probe_steps, seq_length=seq), run_dir / "probes", log=log)
 
@@ -107,7 +107,6 @@ def demo_stages(run_dir: Path, recipe: DemoRecipe, log: Callable) -> list[tuple[
 
     def adapt_new_language():
         from gts_megatron.adapt import adapt
-        seq = _config(run_dir, recipe, []).train.seq_length
         adapt(AdaptConfig(checkpoint=str(run_dir / "experiment" / "gts" / "group"), lang=recipe.new_language,
                           data=str(data), steps=recipe.adapt_steps, lr=1e-3, seq_length=seq, **windows),
               run_dir / "adapt", log=log)

@@ -12,7 +12,7 @@ from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.data.manifest import Manifest
 from gts_megatron.engine.checkpoint import LATEST_FILE, META_FILE, load_checkpoint, read_meta, resolve_checkpoint
 from gts_megatron.errors import GtsError
-from gts_megatron.model.gts import gts_decoder_spec, moe_parameter_counts, moe_transformer_fields
+from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
 from gts_megatron.model.llama import build_model, count_parameters, transformer_config
 from gts_megatron.plan.plan_file import Plan, moe_identity
 
@@ -102,8 +102,7 @@ class TrainedModel:
             load_checkpoint(self.path, model, self.config)
         else:
             moe = MoEConfig(plan=str(self.path), stage=routing, topk=self.topk(routing))
-            config = transformer_config(self.config, parallel, **moe_transformer_fields(self.config, moe, self.plan))
-            model = build_model(self.config, config, gts_decoder_spec(config, self.config, moe, self.plan))
+            model, _ = build_moe_model(self.config, parallel, moe, self.plan)
             load_checkpoint(self.path, model, self.config, moe=moe_identity(self.plan))
         model.eval()
         return model

@@ -22,7 +22,7 @@ from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.engine.checkpoint import (load_checkpoint, read_meta, resolve_checkpoint, save_checkpoint,
                                             unwrap)
 from gts_megatron.errors import GtsError
-from gts_megatron.model.gts import gts_decoder_spec, moe_parameter_counts, moe_transformer_fields
+from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
 from gts_megatron.model.llama import build_model, transformer_config
 from gts_megatron.plan.plan_file import load_plan, moe_identity
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
@@ -76,8 +76,7 @@ def expand(dense: Path, plan_path: Path, out: Path, seed: int = 1234, log=print)
         dense_model = build_model(model_cfg, transformer_config(model_cfg, parallel))
         load_checkpoint(dense, dense_model, model_cfg)
         moe_cfg = MoEConfig(plan=str(plan_path), stage="group")
-        config = transformer_config(model_cfg, parallel, **moe_transformer_fields(model_cfg, moe_cfg, plan))
-        moe_model = build_model(model_cfg, config, gts_decoder_spec(config, model_cfg, moe_cfg, plan))
+        moe_model, _ = build_moe_model(model_cfg, parallel, moe_cfg, plan)
         with torch.no_grad():
             state = expert_weights_from_dense(unwrap(dense_model).state_dict(), unwrap(moe_model).state_dict())
             unwrap(moe_model).load_state_dict(state, strict=False)

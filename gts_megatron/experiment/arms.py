@@ -18,7 +18,7 @@ from typing import Optional
 
 from gts_megatron.config import ExperimentConfig, RunConfig
 from gts_megatron.engine.optim import lr_at
-from gts_megatron.plan.plan_file import Plan, write_plan
+from gts_megatron.plan.plan_file import Plan
 
 
 def arm_plan(arm: str, plan: Plan, num_layers: int, cfg: ExperimentConfig) -> Optional[Plan]:
@@ -95,9 +95,3 @@ def stage_config(base: RunConfig, arm: str, stage: str, plan_path: Optional[Path
                      lr_decay_steps=max(1, (base.train.lr_decay_steps or total) - first))
     raw["moe"].update(plan=str(plan_path) if plan_path else None, stage="learned" if stage == "learned" else "group")
     return RunConfig.model_validate(raw)
-
-
-def save_arm_plan(plan: Plan, path: Path) -> Path:
-    """Write an arm's plan (atomically) and return its path."""
-    write_plan(path, plan)
-    return path

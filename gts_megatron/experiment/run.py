@@ -18,9 +18,9 @@ from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.perplexity import evaluate_cached
 from gts_megatron.eval.load import TrainedModel
 from gts_megatron.engine.checkpoint import finished_checkpoint as finished
-from gts_megatron.experiment.arms import arm_plan, save_arm_plan, stage_config, stages
+from gts_megatron.experiment.arms import arm_plan, stage_config, stages
 from gts_megatron.figures import pyplot, save_figure
-from gts_megatron.plan.plan_file import load_plan
+from gts_megatron.plan.plan_file import load_plan, write_plan
 
 def _train_stage(stage: str, cfg: RunConfig, run_dir: Path):
     from gts_megatron.base.pretrain import pretrain
@@ -60,7 +60,9 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
     for arm in cfg.arms:
         arm_dir = out / arm
         p = arm_plan(arm, plan, base.config.num_layers, cfg)
-        plan_path = save_arm_plan(p, arm_dir / "plan.json") if p is not None else None
+        plan_path = arm_dir / "plan.json" if p is not None else None
+        if p is not None:
+            write_plan(plan_path, p)
         arms[arm] = (arm_dir, p, plan_path)
         for stage, _ in stages(arm, steps, cfg.learned_steps):
             stage_config(run, arm, stage, plan_path, base.path, cfg.learned_steps, base_samples)

@@ -27,9 +27,9 @@ from megatron.core.transformer.moe.router import Router
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from gts_megatron.config import ModelConfig, MoEConfig
+from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.errors import GtsError
-from gts_megatron.model.llama import count_parameters, decoder_spec
+from gts_megatron.model.llama import build_model, count_parameters, decoder_spec, transformer_config
 from gts_megatron.plan.plan_file import Plan
 
 
@@ -149,6 +149,12 @@ def gts_decoder_spec(config: TransformerConfig, model: ModelConfig, moe: MoEConf
                 spec.submodules.mlp.submodules.router = router
                 spec.submodules.mlp.submodules.shared_experts = None
     return block
+
+
+def build_moe_model(model: ModelConfig, parallel: ParallelConfig, moe: MoEConfig, plan: Plan):
+    """The expanded model for ``moe.stage`` on this rank (its TP/EP shard) and its TransformerConfig."""
+    config = transformer_config(model, parallel, **moe_transformer_fields(model, moe, plan))
+    return build_model(model, config, gts_decoder_spec(config, model, moe, plan)), config
 
 
 def moe_parameter_counts(model: ModelConfig, plan: Plan, topk: int) -> tuple[int, int]:

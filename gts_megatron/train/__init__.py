@@ -20,8 +20,7 @@ from gts_megatron.engine.checkpoint import unwrap
 from gts_megatron.engine.loop import TrainResult, lm_forward_step, train
 from gts_megatron.engine.session import training_session
 from gts_megatron.errors import GtsError
-from gts_megatron.model.gts import ROUTING, gts_decoder_spec, moe_parameter_counts, moe_transformer_fields
-from gts_megatron.model.llama import build_model, transformer_config
+from gts_megatron.model.gts import ROUTING, build_moe_model, moe_parameter_counts
 from gts_megatron.plan.plan_file import Plan, load_plan, moe_identity
 
 
@@ -56,8 +55,7 @@ def gts_forward_step(batch, model):
 
 def build_gts_model(cfg: RunConfig, plan: Plan):
     """The expanded model for ``cfg.moe.stage`` on this rank (its TP/EP shard) and its config."""
-    config = transformer_config(cfg.model, cfg.parallel, **moe_transformer_fields(cfg.model, cfg.moe, plan))
-    return build_model(cfg.model, config, gts_decoder_spec(config, cfg.model, cfg.moe, plan)), config
+    return build_moe_model(cfg.model, cfg.parallel, cfg.moe, plan)
 
 
 def train_stage(cfg: RunConfig, run_dir: Path,
