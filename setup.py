@@ -1,9 +1,33 @@
-"""Builds gts_megatron (and, once csrc/ has sources, its C++/CUDA extension)."""
+"""Builds gts_megatron and its C++/CUDA extension gts_megatron._C (csrc/): the C++ kernels
+always, the CUDA kernels too when the torch it builds against has CUDA and nvcc is found."""
+import os
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+
+
+def extension_build():
+    """(ext_modules, cmdclass) for csrc/, built against the installed torch."""
+    from torch.utils import cpp_extension
+
+    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/cpu.cpp"]
+    cxx = ["-O3", "-std=c++20"]
+    with_cuda = (cpp_extension.CUDA_HOME is not None and __import__("torch").version.cuda is not None
+                 and os.environ.get("GTS_BUILD_CUDA", "1") != "0")
+    if with_cuda:
+        # Hopper and Ampere by default; TORCH_CUDA_ARCH_LIST overrides, as for any torch extension
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        ext = cpp_extension.CUDAExtension(
+            "gts_megatron._C", sources + ["csrc/cuda/kernels.cu", "csrc/cuda/bindings.cpp"],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]})
+    else:
+        ext = cpp_extension.CppExtension("gts_megatron._C", sources, extra_compile_args={"cxx": cxx})
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}
+
+
+EXT_MODULES, CMDCLASS = extension_build()
 
 # torch is installed before this package (the CPU build on machines without a GPU, so that pip
 # does not pull the CUDA wheels); the pins below are the versions everything is tested with.
@@ -36,6 +60,8 @@ setup(
     packages=find_packages(include=["gts_megatron", "gts_megatron.*"]),
     package_data={"gts_megatron": ["configs/*.yaml", "configs/models/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
     extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},
     entry_points={"console_scripts": ["gts=gts_megatron.cli:main"]},
 )

@@ -29,7 +29,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 py=.venv/bin/python
 
-stamp=".venv/.gts-setup-$(cat setup.py scripts/setup.sh | sha256sum | cut -c1-16)"
+# the stamp covers what the install builds from, so a change to csrc/ rebuilds the extension
+stamp=".venv/.gts-setup-$(cat setup.py scripts/setup.sh csrc/*.cpp csrc/*.h csrc/cuda/* | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 
 echo "setting up .venv (first run: a few minutes)" >&2
@@ -47,7 +48,8 @@ if ! "$py" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2
 fi
 # deepspeed (and our csrc extension) build against the torch above, not an isolated copy of it
 DS_BUILD_OPS=0 pip_install --no-build-isolation "deepspeed==0.19.8"
-pip_install --no-build-isolation -e ".[dev]"
+pip_install --no-build-isolation -e ".[dev]"  # also compiles csrc/ (about a minute)
+"$py" -c 'import gts_megatron._C' || { echo "error: the csrc extension gts_megatron._C did not build" >&2; exit 2; }
 rm -f .venv/.gts-setup-*
 touch "$stamp"
 echo "set up: $("$py" -W ignore -c 'import torch; from megatron.core import package_info as m; print(f"torch {torch.__version__}, megatron-core {m.__version__}")')" >&2

@@ -1,0 +1,30 @@
+// Group-routed token dispatch: declarations shared by the op registration, the CPU kernels and
+// the CUDA bindings.
+//
+// A "row map" is the permutation the dispatch applies: row_map[t] is the row of token t in the
+// permuted tensor. Permuted rows are ordered by group, and stable (token order) within a group.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace gts {
+
+// Argument checks shared by every backend: each failure names the argument and what is valid.
+void check_permute_args(const at::Tensor& hidden, const at::Tensor& group_ids, int64_t num_groups);
+void check_rows_args(const char* op, const at::Tensor& rows, const at::Tensor& row_map,
+                     const std::optional<at::Tensor>& weights);
+
+// (permuted [T,H], tokens_per_group [G] int64, row_map [T] int64)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_permute_cpu(
+    const at::Tensor& hidden, const at::Tensor& group_ids, int64_t num_groups);
+// out[t] = permuted[row_map[t]] * weights[t]
+at::Tensor group_unpermute_cpu(const at::Tensor& permuted, const at::Tensor& row_map,
+                               const std::optional<at::Tensor>& weights);
+// out[row_map[t]] = rows[t] * weights[t] (the inverse of unpermute; its backward)
+at::Tensor scatter_rows_cpu(const at::Tensor& rows, const at::Tensor& row_map,
+                            const std::optional<at::Tensor>& weights);
+
+}  // namespace gts
