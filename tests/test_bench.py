@@ -2,6 +2,8 @@
 asserted: speed goals are checked by reading the benchmarks, not by timed tests)."""
 import json
 
+import pytest
+
 from tests.conftest import run_gts
 
 
@@ -40,3 +42,15 @@ def test_bench_probes_compares_the_fleet_with_one_probe(tmp_path):
     assert result["fleet_s"] > result["ray_start_s"] > 0
     # two 4096-float sketches (one per layer) and a small JSON: kilobytes, not the model
     assert 2 * 4096 * 4 < result["bytes_per_language"] < 2 * 4096 * 4 + 8000
+
+
+def test_bench_dispatch_reports_every_method_and_ratio():
+    result = last_json(run_gts("bench", "dispatch", "--hidden", "64,128", "--tokens", "256", "--groups", "4",
+                               "--repeats", "2").stdout)
+    assert result["extension"] is True and len(result["rows"]) == 2
+    for row in result["rows"]:
+        for method in ("copy", "copy_into_existing", "group_permute", "megatron_permute", "argsort_index_select"):
+            assert row[f"{method}_gbps"] > 0
+        assert row["vs_megatron"] == pytest.approx(row["group_permute_gbps"] / row["megatron_permute_gbps"], rel=0.02)
+    bad = run_gts("bench", "dispatch", "--hidden", "0", check=False)
+    assert bad.returncode != 0 and "positive integers" in bad.stderr

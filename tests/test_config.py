@@ -87,3 +87,15 @@ def test_every_field_is_documented():
 def test_preset_with_changes(tmp_path):
     cfg = load_config(write(tmp_path, "model:\n  preset: small\n  vocab_size: 512\n"))
     assert cfg.model.vocab_size == 512 and cfg.model.hidden_size == 256
+
+
+def test_dispatcher_resolves_by_stage_and_refuses_misfits():
+    from gts_megatron.config import MoEConfig
+
+    assert MoEConfig(stage="group").dispatcher_type == "group"
+    assert MoEConfig(stage="learned").dispatcher_type == "alltoall"
+    assert MoEConfig(stage="group", dispatcher="alltoall").dispatcher_type == "alltoall"
+    with pytest.raises(ValueError, match="dispatcher group needs stage group"):
+        MoEConfig(stage="learned", dispatcher="group")
+    with pytest.raises(ValueError, match="placement needs the group dispatcher"):
+        MoEConfig(stage="group", dispatcher="alltoall", placement=True)

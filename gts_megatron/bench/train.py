@@ -70,7 +70,7 @@ class _Trainer:
 
 
 def bench_train(preset: str = "small", experts: int = 4, steps: int = 30, warmup: int = 5,
-                dispatcher: str = "alltoall", micro_batch_size: int = 8, seq_length: int = 256,
+                dispatcher: str = "group", micro_batch_size: int = 8, seq_length: int = 256,
                 work_dir: Optional[Path] = None) -> dict:
     """Median step time of dense and GtS training (every other layer MoE, group routing), stepped
     alternately in one process, and their ratio."""

@@ -166,13 +166,34 @@ class MoEConfig(_Section):
     stage: Literal["group", "learned"] = Field(
         "group", description="group: each token to its language group's expert, plus the router loss; "
                              "learned: megatron's top-k router with load balancing (no group ids needed)")
-    dispatcher: Literal["alltoall", "allgather"] = Field("alltoall", description="megatron-core token dispatcher")
+    dispatcher: Literal["auto", "group", "alltoall", "allgather"] = Field(
+        "auto", description="token dispatcher: group (the csrc kernels; top-1 group routing only), megatron-core's "
+                            "alltoall or allgather; auto = group for stage group, alltoall for stage learned")
+    placement: bool = Field(
+        False, description="group-aware placement: each EP rank trains only on the groups whose experts it holds, "
+                           "so the group dispatcher skips the all-to-all (stage group)")
     router_loss_weight: float = Field(1.28, ge=0, description="group: weight alpha of the router classification loss")
     router_loss_into_model: bool = Field(
         False, description="group: let the router loss's gradient reach the layers below the router (the "
                            "paper's plain `LM + alpha * L_rc`); off, it trains the routers alone")
     topk: int = Field(2, ge=1, description="learned: experts per token")
     aux_loss_coeff: float = Field(0.02, ge=0, description="learned: load-balancing loss coefficient")
+
+
+    @model_validator(mode="after")
+    def _dispatcher_fits_stage(self) -> "MoEConfig":
+        if self.stage == "learned" and self.dispatcher == "group":
+            raise ValueError("dispatcher group needs stage group (one expert per token); use alltoall or auto")
+        if self.placement and self.dispatcher_type != "group":
+            raise ValueError("placement needs the group dispatcher (stage group, dispatcher auto or group)")
+        return self
+
+    @property
+    def dispatcher_type(self) -> str:
+        """The dispatcher in use: ``dispatcher`` with auto resolved for the stage."""
+        if self.dispatcher == "auto":
+            return "group" if self.stage == "group" else "alltoall"
+        return self.dispatcher
 
 
 class RunConfig(_Section):

@@ -29,6 +29,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.errors import GtsError
+from gts_megatron.model.dispatch import use_group_dispatcher
 from gts_megatron.model.llama import build_model, count_parameters, decoder_spec, transformer_config
 from gts_megatron.plan.plan_file import Plan
 
@@ -134,7 +135,9 @@ def moe_transformer_fields(model: ModelConfig, moe: MoEConfig, plan: Plan) -> di
         moe_router_topk=topk, moe_router_pre_softmax=topk == 1,  # top-2: softmax over the chosen two
         moe_router_load_balancing_type="aux_loss" if learned else "none",
         moe_aux_loss_coeff=moe.aux_loss_coeff if learned else 0.0,
-        moe_token_dispatcher_type=moe.dispatcher, moe_grouped_gemm=False, moe_router_dtype="fp32")
+        # the group dispatcher takes the place of megatron's alltoall one once the model is built
+        moe_token_dispatcher_type="alltoall" if moe.dispatcher_type == "group" else moe.dispatcher_type,
+        moe_grouped_gemm=False, moe_router_dtype="fp32")
 
 
 def gts_decoder_spec(config: TransformerConfig, model: ModelConfig, moe: MoEConfig,
@@ -154,7 +157,10 @@ def gts_decoder_spec(config: TransformerConfig, model: ModelConfig, moe: MoEConf
 def build_moe_model(model: ModelConfig, parallel: ParallelConfig, moe: MoEConfig, plan: Plan):
     """The expanded model for ``moe.stage`` on this rank (its TP/EP shard) and its TransformerConfig."""
     config = transformer_config(model, parallel, **moe_transformer_fields(model, moe, plan))
-    return build_model(model, config, gts_decoder_spec(config, model, moe, plan)), config
+    gts = build_model(model, config, gts_decoder_spec(config, model, moe, plan))
+    if moe.dispatcher_type == "group":
+        use_group_dispatcher(gts, placement=moe.placement)
+    return gts, config
 
 
 def moe_parameter_counts(model: ModelConfig, plan: Plan, topk: int) -> tuple[int, int]:

@@ -12,13 +12,14 @@ one-time warning.
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Optional
 
 import torch
 
 try:
-    from gts_megatron import _C  # noqa: F401  (registers torch.ops.gts.*)
+    importlib.import_module("gts_megatron._C")  # registers torch.ops.gts.*
     HAVE_EXTENSION = True
 except ImportError as error:  # a source tree not built, or a build without a C++ compiler
     HAVE_EXTENSION, _IMPORT_ERROR = False, error
@@ -67,7 +68,10 @@ def reference_group_unpermute(permuted: torch.Tensor, row_map: torch.Tensor,
                               weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Plain-torch group_unpermute."""
     out = permuted.index_select(0, row_map.long())
-    return out if weights is None else (out * weights.to(out.dtype)[:, None])
+    if weights is None:
+        return out
+    math = torch.float64 if out.dtype == torch.float64 else torch.float32  # as the kernels scale
+    return (out.to(math) * weights.to(math)[:, None]).to(out.dtype)
 
 
 if HAVE_EXTENSION:
