@@ -124,6 +124,17 @@ void move_rows(const at::Tensor& src, const int64_t* row_map, const std::optiona
 
 at::Tensor rows_view(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
 
+// unpermute (gather) and its inverse (scatter, which needs a true permutation)
+at::Tensor move_rows_op(const char* op, const at::Tensor& rows, const at::Tensor& row_map,
+                        const std::optional<at::Tensor>& weights, bool scatter) {
+  check_rows_args(op, rows, row_map, weights);
+  const at::Tensor src = rows_view(rows), map = row_map.to(at::kLong).contiguous();
+  check_row_map(op, map.const_data_ptr<int64_t>(), map.size(0), /*permutation=*/scatter);
+  at::Tensor out = empty_rows(src.size(0), src.size(1), src.options());
+  move_rows(src, map.const_data_ptr<int64_t>(), weights, out, scatter);
+  return out;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_permute_cpu(
@@ -146,22 +157,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_permute_cpu(
 
 at::Tensor group_unpermute_cpu(const at::Tensor& permuted, const at::Tensor& row_map,
                                const std::optional<at::Tensor>& weights) {
-  check_rows_args("group_unpermute", permuted, row_map, weights);
-  const at::Tensor src = rows_view(permuted), map = row_map.to(at::kLong).contiguous();
-  check_row_map("group_unpermute", map.const_data_ptr<int64_t>(), map.size(0), /*permutation=*/false);
-  at::Tensor out = empty_rows(src.size(0), src.size(1), src.options());
-  move_rows(src, map.const_data_ptr<int64_t>(), weights, out, /*scatter=*/false);
-  return out;
+  return move_rows_op("group_unpermute", permuted, row_map, weights, /*scatter=*/false);
 }
 
 at::Tensor scatter_rows_cpu(const at::Tensor& rows, const at::Tensor& row_map,
                             const std::optional<at::Tensor>& weights) {
-  check_rows_args("scatter_rows", rows, row_map, weights);
-  const at::Tensor src = rows_view(rows), map = row_map.to(at::kLong).contiguous();
-  check_row_map("scatter_rows", map.const_data_ptr<int64_t>(), map.size(0), /*permutation=*/true);
-  at::Tensor out = empty_rows(src.size(0), src.size(1), src.options());
-  move_rows(src, map.const_data_ptr<int64_t>(), weights, out, /*scatter=*/true);
-  return out;
+  return move_rows_op("scatter_rows", rows, row_map, weights, /*scatter=*/true);
 }
 
 }  // namespace gts
