@@ -35,7 +35,9 @@ stamp=".venv/.gts-setup-$(cat setup.py scripts/setup.sh csrc/*.cpp csrc/*.h csrc
 
 echo "setting up .venv (first run: a few minutes)" >&2
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check "$@"; }
-pip_install setuptools wheel
+# a pip that installs editables by PEP 660, so --no-build-isolation reaches the csrc build (pip 23
+# falls back to `setup.py develop`, which re-runs pip in an isolated env without torch)
+pip_install --upgrade "pip>=25" setuptools wheel
 if ! "$py" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     pip_install "torch==2.13.0"
