@@ -51,7 +51,7 @@ fi
 # deepspeed (and our csrc extension) build against the torch above, not an isolated copy of it
 DS_BUILD_OPS=0 pip_install --no-build-isolation "deepspeed==0.19.8"
 pip_install --no-build-isolation -e ".[dev]"  # also compiles csrc/ (about a minute)
-"$py" -c 'import gts_megatron._C' || { echo "error: the csrc extension gts_megatron._C did not build" >&2; exit 2; }
+"$py" -c 'import torch, gts_megatron._C' || { echo "error: the csrc extension gts_megatron._C did not build" >&2; exit 2; }
 rm -f .venv/.gts-setup-*
 touch "$stamp"
 echo "set up: $("$py" -W ignore -c 'import torch; from megatron.core import package_info as m; print(f"torch {torch.__version__}, megatron-core {m.__version__}")')" >&2
