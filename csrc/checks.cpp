@@ -51,4 +51,6 @@ void check_rows_args(const char* op, const at::Tensor& rows, const at::Tensor& r
   }
 }
 
+at::Tensor rows_view(const at::Tensor& rows) { return rows.stride(1) == 1 ? rows : rows.contiguous(); }
+
 }  // namespace gts

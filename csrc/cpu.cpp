@@ -122,8 +122,6 @@ void move_rows(const at::Tensor& src, const int64_t* row_map, const std::optiona
   });
 }
 
-at::Tensor rows_view(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
-
 // unpermute (gather) and its inverse (scatter, which needs a true permutation)
 at::Tensor move_rows_op(const char* op, const at::Tensor& rows, const at::Tensor& row_map,
                         const std::optional<at::Tensor>& weights, bool scatter) {

@@ -17,6 +17,9 @@ void check_permute_args(const at::Tensor& hidden, const at::Tensor& group_ids, i
 void check_rows_args(const char* op, const at::Tensor& rows, const at::Tensor& row_map,
                      const std::optional<at::Tensor>& weights);
 
+// The rows as the kernels read them: any row stride, unit stride along the hidden dimension.
+at::Tensor rows_view(const at::Tensor& rows);
+
 // (permuted [T,H], tokens_per_group [G] int64, row_map [T] int64)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_permute_cpu(
     const at::Tensor& hidden, const at::Tensor& group_ids, int64_t num_groups);

@@ -34,8 +34,6 @@ void raise_if_flagged(const at::Tensor& flag, const char* op, const char* what) 
   TORCH_CHECK_INDEX(first_bad == 0, "gts::", op, ": ", what, "[", first_bad - 1, "] is out of range");
 }
 
-at::Tensor rows_view(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
-
 template <typename scalar_t>
 using Native = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, __nv_bfloat16,
                                   std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, scalar_t>>;

@@ -98,12 +98,13 @@ class GroupTokenDispatcher(MoETokenDispatcher):
                 hidden_states, group=self.tp_group, output_split_sizes=self.output_splits_tp)
             probs = gather_from_sequence_parallel_region(
                 probs, group=self.tp_group, output_split_sizes=self.output_splits_tp)
-        chunks = [c for ep_rows in self.source_counts for row in ep_rows for c in row]  # [tp][ep][local]
-        tokens_per_expert = torch.tensor(chunks, dtype=torch.long).view(-1, self.num_local_experts).sum(0)
+        chunks = torch.tensor([c for ep_rows in self.source_counts for row in ep_rows for c in row])  # [tp][ep][local]
+        tokens_per_expert = chunks.view(-1, self.num_local_experts).sum(0)
         self.local_row_map = None
         if self.num_local_experts > 1:
-            local_ids = torch.arange(self.num_local_experts, device=hidden_states.device).repeat(len(chunks) // self.num_local_experts)
-            local_ids = local_ids.repeat_interleave(torch.tensor(chunks, device=hidden_states.device))
+            device = hidden_states.device
+            local_ids = torch.arange(self.num_local_experts, device=device).repeat(chunks.numel() // self.num_local_experts)
+            local_ids = local_ids.repeat_interleave(chunks.to(device))
             hidden_states, _, self.local_row_map = ops.group_permute(hidden_states, local_ids, self.num_local_experts)
             probs = probs.new_empty(probs.shape).scatter(0, self.local_row_map, probs)
         return hidden_states, tokens_per_expert, probs

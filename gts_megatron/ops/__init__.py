@@ -96,8 +96,8 @@ if HAVE_EXTENSION:
         if not ctx.weights_given or not ctx.needs_input_grad[2]:
             return None
         weights = ctx.saved_tensors[2]
-        return (grad.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
-                * other.to(torch.float64 if weights.dtype == torch.float64 else torch.float32)).sum(-1).to(weights.dtype)
+        math = torch.float64 if weights.dtype == torch.float64 else torch.float32
+        return (grad.to(math) * other.to(math)).sum(-1).to(weights.dtype)
 
     def _group_permute_setup(ctx, inputs, output):
         ctx.save_for_backward(output[2])
