@@ -90,12 +90,16 @@ def test_preset_with_changes(tmp_path):
 
 
 def test_dispatcher_resolves_by_stage_and_refuses_misfits():
-    from gts_megatron.config import MoEConfig
+    from gts_megatron.config import MoEConfig, ParallelConfig
 
     assert MoEConfig(stage="group").dispatcher_type == "group"
     assert MoEConfig(stage="learned").dispatcher_type == "alltoall"
     assert MoEConfig(stage="group", dispatcher="alltoall").dispatcher_type == "alltoall"
     with pytest.raises(ValueError, match="dispatcher group needs stage group"):
         MoEConfig(stage="learned", dispatcher="group")
-    with pytest.raises(ValueError, match="placement needs the group dispatcher"):
-        MoEConfig(stage="group", dispatcher="alltoall", placement=True)
+    assert MoEConfig(stage="group", dispatcher="alltoall", placement=True).placement  # the sampler alone
+    with pytest.raises(ValueError, match="placement needs stage group"):
+        MoEConfig(stage="learned", placement=True)
+    with pytest.raises(ValueError, match="placement needs parallel.expert_tensor equal to parallel.tensor 2"):
+        RunConfig(parallel=ParallelConfig(tensor=2, expert=2, expert_tensor=1, sequence_parallel=True),
+                  moe=MoEConfig(placement=True))

@@ -199,3 +199,33 @@ def test_expand_refuses_a_plan_outside_the_model_and_skips_a_repeat(gts_setup, t
     again = run_gts("expand", "--dense", str(gts_setup["base"].parent), "--plan", str(gts_setup["plan"]),
                     "--out", str(gts_setup["moe"]))
     assert "already holds this expansion" in again.stdout
+
+
+def test_placement_trains_each_ep_rank_on_its_groups_and_matches_alltoall(gts_setup, tmp_path):
+    """moe.placement at EP=2: each EP rank reads only its group's languages, so the group
+    dispatcher (which refuses any token routed to the other rank) skips the all-to-all; megatron's
+    alltoall on the same samples gives the same losses, and a resumed run continues the streams."""
+    import shutil
+
+    from gts_megatron.engine.checkpoint import LATEST_FILE
+
+    def placed(name, dispatcher):
+        run_gts("train", "--stage", "group", "--run-dir", str(tmp_path / name), "--nproc-per-node", "2",
+                *gts_setup["args"], "--set", f"train.init_from={gts_setup['moe']}", "--set", "train.steps=5",
+                "--set", "train.save_interval=3", "--set", "parallel.expert=2", "--set", "moe.placement=true",
+                "--set", f"moe.dispatcher={dispatcher}")
+        return [m for m in read_metrics(tmp_path / name) if "loss" in m]
+
+    group, alltoall = placed("group", "group"), placed("alltoall", "alltoall")
+    # resume from the step-3 checkpoint of the same command
+    shutil.copytree(tmp_path / "group", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "iter_0000005")
+    (tmp_path / "resumed" / "checkpoints" / LATEST_FILE).write_text("iter_0000003")
+    resumed = placed("resumed", "group")[-2:]
+    assert [m["step"] for m in group] == [1, 2, 3, 4, 5] and [m["step"] for m in resumed] == [4, 5]
+    for runs in ((group, alltoall), (group[3:], resumed)):
+        for want, have in zip(*runs):
+            assert want["step"] == have["step"]
+            for key in want:
+                if key not in ("step_time_s", "tokens_per_s"):
+                    assert abs(have[key] - want[key]) <= 1e-5, (key, want, have)

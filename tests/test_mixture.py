@@ -109,3 +109,43 @@ def test_planted_families_share_transitions_within_and_not_across(tmp_path):
         for prev, nxt in zip(tokens[:-1], tokens[1:]):
             if prev != EOD and nxt != EOD:
                 assert nxt in chains[lang, prev]
+
+
+def test_placement_gives_each_ep_rank_only_its_languages_in_mixture_order(banded, tmp_path):
+    from gts_megatron.data.placement import Placement
+
+    # aa alone on EP rank 0; bb and cc (together about half of aa's share) on EP rank 1
+    placement = Placement({"aa": 0, "bb": 2, "cc": 3}, num_experts=4, ep_size=2)
+    steps, batch = 50, 40  # 2000 samples: 1000 per EP rank
+    mix = LanguageMixture(banded, None, 0.3, 16, 5, steps * batch, tmp_path,
+                          language_to_group={"aa": 0, "bb": 1, "cc": 1}, placement=placement)
+    assert len(mix.train) > steps * batch  # rank 1's languages are rarer (48%): a longer mixture
+    owner = np.array([0, 1, 1])
+    for edp_size in (1, 2):  # EP x EDP data-parallel ranks
+        per_rank = batch // (2 * edp_size)
+        seen = {0: [], 1: []}
+        for step in range(steps):
+            picked = {(e, r): mix.placed.order(e, r)(step * batch, per_rank) for e in (0, 1) for r in range(edp_size)}
+            flat = [i for indices in picked.values() for i in indices]
+            assert len(flat) == len(set(flat)) == batch  # each sample once in the global batch
+            for (e, r), indices in picked.items():
+                languages = mix.batch(indices)["language_ids"].numpy()
+                assert (owner[languages] == e).all(), (step, e, r)
+                seen[e] += indices
+        # each stream is the mixture order filtered to the rank's languages, nothing skipped
+        ids = mix.train.dataset_index
+        for e in (0, 1):
+            assert seen[e] == np.flatnonzero(owner[ids] == e)[:steps * batch // 2].tolist()
+    # within EP rank 1, bb and cc keep their mixture proportions
+    rank1 = mix.batch(seen[1])["language_ids"].numpy()
+    share_bb = mix.weights["bb"] / (mix.weights["bb"] + mix.weights["cc"])
+    assert abs((rank1 == 1).mean() - share_bb) < 0.01
+
+
+def test_placement_refuses_an_ep_rank_without_languages(banded, tmp_path):
+    from gts_megatron.data.placement import Placement
+    from gts_megatron.errors import GtsError
+
+    with pytest.raises(GtsError, match=r"EP rank 1 holds experts 2\.\.3, which no language"):
+        LanguageMixture(banded, None, 0.3, 16, 5, 100, tmp_path,
+                        placement=Placement({"aa": 0, "bb": 1, "cc": 1}, num_experts=4, ep_size=2))

@@ -54,8 +54,8 @@ class _Trainer:
         from gts_megatron.engine.loop import micro_batches
 
         t = self.cfg.train
-        data = micro_batches(self.dataset, self.samples, t.global_batch_size, t.micro_batch_size, 0,
-                             self.runtime.device)
+        data = micro_batches(self.dataset, range(self.samples, self.samples + t.global_batch_size),
+                             t.micro_batch_size, self.runtime.device)
         started = time.perf_counter()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()

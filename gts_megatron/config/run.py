@@ -170,8 +170,9 @@ class MoEConfig(_Section):
         "auto", description="token dispatcher: group (the csrc kernels; top-1 group routing only), megatron-core's "
                             "alltoall or allgather; auto = group for stage group, alltoall for stage learned")
     placement: bool = Field(
-        False, description="group-aware placement: each EP rank trains only on the groups whose experts it holds, "
-                           "so the group dispatcher skips the all-to-all (stage group)")
+        False, description="group-aware placement (stage group): each EP rank trains only on the groups whose "
+                           "experts it holds, an equal share of every batch, so the group dispatcher skips the "
+                           "all-to-all in training")
     router_loss_weight: float = Field(1.28, ge=0, description="group: weight alpha of the router classification loss")
     router_loss_into_model: bool = Field(
         False, description="group: let the router loss's gradient reach the layers below the router (the "
@@ -184,8 +185,8 @@ class MoEConfig(_Section):
     def _dispatcher_fits_stage(self) -> "MoEConfig":
         if self.stage == "learned" and self.dispatcher == "group":
             raise ValueError("dispatcher group needs stage group (one expert per token); use alltoall or auto")
-        if self.placement and self.dispatcher_type != "group":
-            raise ValueError("placement needs the group dispatcher (stage group, dispatcher auto or group)")
+        if self.placement and self.stage != "group":
+            raise ValueError("placement needs stage group: learned routing can send a token to any expert")
         return self
 
     @property
@@ -223,6 +224,9 @@ class RunConfig(_Section):
         if self.moe.plan and self.moe.stage == "group" and self.data.kind != "indexed":
             raise ValueError("moe.stage group routes tokens by their language's group: it needs "
                              "data.kind indexed (a data directory with languages)")
+        if self.moe.placement and self.parallel.expert_tensor_size != tp:
+            raise ValueError(f"moe.placement needs parallel.expert_tensor equal to parallel.tensor {tp}: "
+                             f"otherwise EP ranks share tensor-parallel ranks, which read the same samples")
         if self.parallel.sequence_parallel and self.train.seq_length % tp:
             raise ValueError(f"sequence_parallel needs train.seq_length {self.train.seq_length} "
                              f"divisible by parallel.tensor {tp}")

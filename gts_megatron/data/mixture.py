@@ -13,9 +13,11 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from gts_megatron.data.manifest import Manifest, TokenizerInfo, dataset_prefix, load_manifest, load_tokenizer
+from gts_megatron.data.placement import Placement, PlacedStreams, mixture_length
 from gts_megatron.data.prepare import sample_weights
 from gts_megatron.errors import GtsError
 
@@ -61,12 +63,18 @@ class LanguageMixture:
 
     def __init__(self, data_dir: Path, languages: Optional[list[str]], alpha: float, seq_length: int,
                  seed: int, train_samples: int, cache_dir: Path,
-                 language_to_group: Optional[dict[str, int]] = None, model_vocab_size: Optional[int] = None):
+                 language_to_group: Optional[dict[str, int]] = None, model_vocab_size: Optional[int] = None,
+                 placement: Optional[Placement] = None):
         from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
         self.manifest, self.languages = check_data(data_dir, languages, seq_length, model_vocab_size)
         self.weights = sample_weights({lang: self.manifest.tokens(lang) for lang in self.languages}, alpha)
+        needed = train_samples
+        if placement is not None:  # every EP rank's stream must hold its share: a longer mixture
+            owners = placement.owners(self.languages)
+            train_samples = mixture_length(needed, [self.weights[lang] for lang in self.languages],
+                                           owners, placement.ep_size)
         ids = _TokenIds(self.manifest.tokenizer)
         config = GPTDatasetConfig(
             random_seed=seed, sequence_length=seq_length, tokenizer=ids,
@@ -90,6 +98,11 @@ class LanguageMixture:
             raise GtsError(f"the language -> group map has no group for {', '.join(missing)}")
         self._group_of = torch.tensor([groups.get(lang, -1) for lang in self.languages])
         self._with_groups = language_to_group is not None
+        self.placed: Optional[PlacedStreams] = None
+        if placement is not None:
+            # one language: megatron hands back the GPTDataset itself, every sample is language 0
+            index = train.dataset_index if hasattr(train, "dataset_index") else np.zeros(len(train), np.int64)
+            self.placed = PlacedStreams(index, owners, placement.ep_size, needed)
 
     def eval_sets(self, max_samples: int) -> list[tuple[str, str, int]]:
         """(name, split key, samples) of each validation set: one per language."""

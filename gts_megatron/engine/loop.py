@@ -11,7 +11,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -62,17 +62,24 @@ def wrap_ddp(model: torch.nn.Module, config: TransformerConfig, distributed_opti
     return ddp
 
 
-def micro_batches(dataset, first_sample: int, per_rank: int, micro_batch_size: int, dp_rank: int,
-                  device: torch.device, split: str = "train") -> Iterator[Batch]:
-    """This DP rank's micro-batches of a global batch that starts at sample ``first_sample``.
+# (first sample of a global batch, samples per rank) -> the global sample indices this rank reads
+SampleOrder = Callable[[int, int], Sequence[int]]
 
-    Global sample order is fixed by the step alone, so any layout, and any resumed run, reads the
-    same samples in the same place.
-    """
-    start = first_sample + dp_rank * per_rank
-    for offset in range(0, per_rank, micro_batch_size):
-        indices = list(range(start + offset, start + min(offset + micro_batch_size, per_rank)))
-        yield {k: v.to(device) for k, v in dataset.batch(indices, split).items()}
+
+def contiguous_order(dp_rank: int) -> SampleOrder:
+    """Data-parallel rank ``dp_rank`` reads the ``dp_rank``-th contiguous slice of each global
+    batch. Global sample order is fixed by the step alone, so any layout, and any resumed run,
+    reads the same samples in the same place."""
+    return lambda first_sample, per_rank: range(first_sample + dp_rank * per_rank,
+                                                first_sample + (dp_rank + 1) * per_rank)
+
+
+def micro_batches(dataset, indices: Sequence[int], micro_batch_size: int, device: torch.device,
+                  split: str = "train") -> Iterator[Batch]:
+    """Samples ``indices`` of ``split`` as micro-batches of ``micro_batch_size`` on ``device``."""
+    for offset in range(0, len(indices), micro_batch_size):
+        chunk = list(indices[offset:offset + micro_batch_size])
+        yield {k: v.to(device) for k, v in dataset.batch(chunk, split).items()}
 
 
 class StopRequest:
@@ -135,8 +142,8 @@ def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: For
             continue
         mbs = min(cfg.train.micro_batch_size, per_rank)
         per_rank -= per_rank % mbs
-        data = micro_batches(dataset, 0, per_rank, mbs, parallel_state.get_data_parallel_rank(),
-                             runtime.device, split=split)
+        indices = contiguous_order(parallel_state.get_data_parallel_rank())(0, per_rank)
+        data = micro_batches(dataset, indices, mbs, runtime.device, split=split)
         with torch.no_grad():
             out = get_forward_backward_func()(
                 forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
@@ -169,12 +176,13 @@ def _log_validation(log: RunLog, step: int, results: dict[str, dict]) -> Optiona
 def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
           config: TransformerConfig, dataset, forward_step: ForwardStep = lm_forward_step,
           desc: str = "train", moe: Optional[dict] = None, save: bool = True,
-          record: Optional[dict] = None) -> TrainResult:
+          record: Optional[dict] = None, order: Optional[SampleOrder] = None) -> TrainResult:
     """Train ``model`` for ``cfg.train.steps`` optimizer steps, resuming ``run_dir`` if it has a
     checkpoint. Collective: every rank calls it with its own shard of the model. ``moe``
     describes an MoE model's layout; checkpoints record it and must agree with it. With
     ``save`` False nothing is written to ``checkpoints/`` (probes keep only what they measure).
-    ``record`` goes into every checkpoint's meta.json (see :func:`ckpt.save_checkpoint`)."""
+    ``record`` goes into every checkpoint's meta.json (see :func:`ckpt.save_checkpoint`).
+    ``order`` picks each rank's training samples (default: :func:`contiguous_order`)."""
     t = cfg.train
     per_rank = t.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)
     model = wrap_ddp(model, config, cfg.parallel.distributed_optimizer)
@@ -196,15 +204,15 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
 
     schedule = get_forward_backward_func()
     stop = StopRequest()
-    dp_rank = parallel_state.get_data_parallel_rank()
+    order = order or contiguous_order(parallel_state.get_data_parallel_rank())
     last_saved, loss, path = state["step"] if resume_from else None, None, None
     try:
         if t.eval_interval and resume_from is None and state["step"] < t.steps:  # the untrained baseline
             _log_validation(log, 0, evaluate(model, dataset, cfg, runtime, forward_step))
         while state["step"] < t.steps:
             started = time.perf_counter()
-            data = micro_batches(dataset, state["consumed_samples"], per_rank, t.micro_batch_size,
-                                 dp_rank, runtime.device)
+            data = micro_batches(dataset, order(state["consumed_samples"], per_rank), t.micro_batch_size,
+                                 runtime.device)
             model.zero_grad_buffer()
             optimizer.zero_grad()
             out = schedule(forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,

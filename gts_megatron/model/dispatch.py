@@ -9,11 +9,15 @@ megatron's path, so the same loss.
 
 Group-aware placement (``placement=True``): when the sampler gives each EP rank only samples of
 the groups whose experts it holds, every token is already on its expert's rank and the
-all-to-all is skipped (a token routed elsewhere is an error, never a silent drop).
+all-to-all is skipped (a token routed elsewhere is an error, never a silent drop). That holds in
+training; in eval mode the layer takes the general path, since validation reads every language
+on every rank.
 """
 from __future__ import annotations
 
+import weakref
 from types import SimpleNamespace
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -30,17 +34,20 @@ class GroupTokenDispatcher(MoETokenDispatcher):
     """Dispatch for top-1 routing with the group_permute kernels (megatron's dispatcher API)."""
 
     def __init__(self, num_local_experts: int, local_expert_indices: list[int], config,
-                 pg_collection=None, placement: bool = False):
+                 pg_collection=None, placement: bool = False, layer: Optional[MoELayer] = None):
         super().__init__(config=config, pg_collection=pg_collection)
         self.num_experts = config.num_moe_experts
         self.num_local_experts = num_local_experts
         self.first_local = local_expert_indices[0]
         self.placement = placement
+        self._layer = weakref.ref(layer) if layer is not None else None  # its train/eval mode
+        self.placed = placement
         self.ep_rank = dist.get_rank(self.ep_group) if self.ep_size > 1 else 0
 
     def dispatch_preprocess(self, hidden_states: torch.Tensor, routing_map: torch.Tensor, probs: torch.Tensor):
         """Rows ordered by expert, their routing weights in the same order; counts per EP rank."""
         self.hidden_shape = hidden_states.shape
+        self.placed = self.placement and (self._layer is None or self._layer().training)
         hidden = hidden_states.view(-1, hidden_states.shape[-1])
         experts = routing_map.to(torch.int8).argmax(-1)  # top-1: the one True per row
         # the weight goes through the graph even though it is 1: the router loss rides on it
@@ -49,9 +56,9 @@ class GroupTokenDispatcher(MoETokenDispatcher):
         permuted_probs = token_probs.new_empty(token_probs.shape).scatter(0, self.row_map, token_probs)
         counts = counts.tolist()  # host copy: split sizes and the experts' token counts need it
         local = slice(self.first_local, self.first_local + self.num_local_experts)
-        if self.placement:
+        if self.placed:
             self._check_local(counts, local)
-        if self.ep_size > 1 and not self.placement:
+        if self.ep_size > 1 and not self.placed:
             per_rank = [sum(counts[r * self.num_local_experts:(r + 1) * self.num_local_experts])
                         for r in range(self.ep_size)]
             self.input_splits = per_rank
@@ -64,7 +71,7 @@ class GroupTokenDispatcher(MoETokenDispatcher):
 
     def _gather_counts(self, counts: list[int]) -> list[list[list[int]]]:
         """Every (TP, EP) rank's per-expert counts, as [tp][ep][expert] (one small all-gather)."""
-        ep = 1 if self.placement else self.ep_size
+        ep = 1 if self.placed else self.ep_size
         if ep == 1 and self.tp_size == 1:
             return [[counts]]
         group = self.tp_group if ep == 1 else self.tp_ep_group
@@ -86,7 +93,7 @@ class GroupTokenDispatcher(MoETokenDispatcher):
 
     def token_dispatch(self, hidden_states: torch.Tensor, probs: torch.Tensor):
         """The EP all-to-all with the counts known from the sort (none under placement)."""
-        if self.ep_size == 1 or self.placement:
+        if self.ep_size == 1 or self.placed:
             return hidden_states, probs
         return (all_to_all(self.ep_group, hidden_states, self.output_splits, self.input_splits),
                 all_to_all(self.ep_group, probs, self.output_splits, self.input_splits))
@@ -120,7 +127,7 @@ class GroupTokenDispatcher(MoETokenDispatcher):
 
     def token_combine(self, hidden_states: torch.Tensor):
         """The inverse EP all-to-all."""
-        if self.ep_size == 1 or self.placement:
+        if self.ep_size == 1 or self.placed:
             return hidden_states
         return all_to_all(self.ep_group, hidden_states, self.input_splits, self.output_splits)
 
@@ -138,5 +145,6 @@ def use_group_dispatcher(model: torch.nn.Module, placement: bool = False) -> int
         built = layer.token_dispatcher
         groups = SimpleNamespace(ep=built.ep_group, expt_tp=built.tp_group, tp_ep=built.tp_ep_group)
         layer.token_dispatcher = GroupTokenDispatcher(layer.num_local_experts, layer.local_expert_indices,
-                                                      layer.config, pg_collection=groups, placement=placement)
+                                                      layer.config, pg_collection=groups, placement=placement,
+                                                      layer=layer)
     return len(layers)

@@ -55,8 +55,8 @@ def train_with_deepspeed(cfg: ProbeConfig, run_cfg: RunConfig, model_cfg: ModelC
             "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
             "steps_per_print": 1 << 30})
         for step in range(t.steps):
-            for batch in micro_batches(dataset, step * t.global_batch_size, t.global_batch_size,
-                                       t.micro_batch_size, 0, rt.device):
+            samples = range(step * t.global_batch_size, (step + 1) * t.global_batch_size)
+            for batch in micro_batches(dataset, samples, t.micro_batch_size, rt.device):
                 per_token = engine(batch["tokens"], batch["labels"])
                 mask = batch["loss_mask"].float()
                 engine.backward((per_token * mask).sum() / mask.sum().clamp(min=1.0))

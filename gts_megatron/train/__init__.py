@@ -16,6 +16,7 @@ from megatron.core import parallel_state
 
 from gts_megatron.base.pretrain import build_dataset, tokenizer_record
 from gts_megatron.config import RunConfig
+from gts_megatron.data.placement import Placement
 from gts_megatron.engine.checkpoint import unwrap
 from gts_megatron.engine.loop import TrainResult, lm_forward_step, train
 from gts_megatron.engine.session import training_session
@@ -71,8 +72,14 @@ def train_stage(cfg: RunConfig, run_dir: Path,
         if prepare_model is not None:
             prepare_model(model)
         groups = plan.language_to_group if cfg.moe.stage == "group" else None
-        dataset = build_dataset(cfg, run_dir, groups)
+        placement, order = None, None
+        if cfg.moe.placement:
+            placement = Placement(plan.expert_of_language(), plan.num_experts, cfg.parallel.expert)
+        dataset = build_dataset(cfg, run_dir, groups, placement)
+        if placement is not None:  # each EP rank reads only the languages whose experts it holds
+            order = dataset.placed.order(parallel_state.get_expert_model_parallel_rank(),
+                                         parallel_state.get_expert_data_parallel_rank())
         record = {"stage": cfg.moe.stage, "topk": cfg.moe.topk if cfg.moe.stage == "learned" else 1,
                   "plan": plan.model_dump(mode="json"), "tokenizer": tokenizer_record(dataset)}
         return train(cfg, run_dir, runtime, model, config, dataset, gts_forward_step,
-                     desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan), record=record)
+                     desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan), record=record, order=order)
