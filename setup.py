@@ -12,7 +12,7 @@ def extension_build():
     """(ext_modules, cmdclass) for csrc/, built against the installed torch."""
     from torch.utils import cpp_extension
 
-    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/cpu.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/cpu.cpp", "csrc/cpu_pool.cpp"]
     cxx = ["-O3", "-std=c++20"]
     with_cuda = (cpp_extension.CUDA_HOME is not None and __import__("torch").version.cuda is not None
                  and os.environ.get("GTS_BUILD_CUDA", "1") != "0")

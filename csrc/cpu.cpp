@@ -1,9 +1,13 @@
-// CPU kernels: a stable counting sort by group, then row copies in parallel, each thread writing a
-// contiguous run of output rows (whole-row word copies; a float loop where rows are scaled).
+// CPU kernels: a stable counting sort by group, then whole-row copies in parallel, each thread
+// taking a contiguous run of rows: permute reads its input in order (a scatter), unpermute writes
+// its output in order (a gather). Streaming stores into large outputs; a float loop where rows
+// are scaled.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
-#include <sys/mman.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -17,10 +21,9 @@ namespace {
 // rows per parallel task: a few hundred KB of copying, so threads are not woken for tiny work
 int64_t grain(int64_t row_bytes) { return std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(row_bytes, 1)); }
 
-// counts[g], row_map[t] (the row of token t) and its inverse order[row] (the token of each row)
+// counts[g] and row_map[t], the row of token t
 template <typename index_t>
-void rank_by_group(const index_t* ids, int64_t n, int64_t num_groups, int64_t* counts, int64_t* row_map,
-                   int64_t* order) {
+void rank_by_group(const index_t* ids, int64_t n, int64_t num_groups, int64_t* counts, int64_t* row_map) {
   for (int64_t t = 0; t < n; ++t) {
     const int64_t g = ids[t];
     TORCH_CHECK_INDEX(g >= 0 && g < num_groups, "gts::group_permute: group_ids[", t, "] = ", g,
@@ -34,27 +37,25 @@ void rank_by_group(const index_t* ids, int64_t n, int64_t num_groups, int64_t* c
     offset += counts[g];
   }
   for (int64_t t = 0; t < n; ++t) {
-    const int64_t row = next[ids[t]]++;
-    row_map[t] = row;
-    order[row] = t;
+    row_map[t] = next[ids[t]]++;
   }
 }
 
 constexpr int64_t kPrefetchAhead = 2;
 
-// Large outputs are backed by huge pages where the kernel allows it (madvise): first-touch page
-// faults otherwise cost more than the copy itself on CPU.
-at::Tensor empty_rows(int64_t n, int64_t h, const at::TensorOptions& options) {
-  at::Tensor out = at::empty({n, h}, options);
-  constexpr uintptr_t kHuge = 2 << 20;
-  const auto start = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t end = start + out.nbytes(), first = (start + kHuge - 1) & ~(kHuge - 1);
-  if (end > first + kHuge) madvise(reinterpret_cast<void*>(first), (end - first) & ~(kHuge - 1), MADV_HUGEPAGE);
-  return out;
-}
-
-// A plain loop the compiler vectorises: for rows of a few KB it beats memcpy's dispatch here.
-inline void copy_row(char* dst, const char* src, int64_t bytes) {
+// Streaming (non-temporal) 16-byte stores where the output is large: they skip the read for
+// ownership of each destination line and keep the output from evicting the rows still to be read,
+// which is what makes a large memcpy faster than a plain loop. SSE2 is part of x86-64.
+inline void copy_row(char* dst, const char* src, int64_t bytes, bool streaming) {
+#if defined(__SSE2__)
+  if (streaming && bytes % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    auto* d = reinterpret_cast<__m128i*>(dst);
+    const auto* s = reinterpret_cast<const __m128i*>(src);
+    for (int64_t i = 0; i < bytes / 16; ++i) _mm_stream_si128(d + i, _mm_loadu_si128(s + i));
+    return;
+  }
+#endif
+  // a plain loop the compiler vectorises: for rows of a few KB it beats memcpy's dispatch
   if (bytes % 8 == 0 && reinterpret_cast<uintptr_t>(dst) % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 8 == 0) {
     auto* d = reinterpret_cast<int64_t*>(dst);
     const auto* s = reinterpret_cast<const int64_t*>(src);
@@ -63,6 +64,16 @@ inline void copy_row(char* dst, const char* src, int64_t bytes) {
     std::memcpy(dst, src, bytes);
   }
 }
+
+// streaming stores are weakly ordered: fence them before the output is handed to anyone
+inline void end_streaming() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// outputs past the last-level cache: streaming stores pay off
+constexpr int64_t kStreamingMin = 8 << 20;
 
 // Rows must name each output row once; anything else would leave rows unwritten (scatter) or
 // read outside the tensor (gather).
@@ -90,6 +101,7 @@ void move_rows(const at::Tensor& src, const int64_t* row_map, const std::optiona
     const int64_t es = src.element_size();
     const char* in = static_cast<const char*>(src.const_data_ptr());
     char* o = static_cast<char*>(out.mutable_data_ptr());
+    const bool streaming = n * h * es >= kStreamingMin;
     at::parallel_for(0, n, grain(h * es), [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t d = scatter ? row_map[t] : t, s = scatter ? t : row_map[t];
@@ -98,8 +110,9 @@ void move_rows(const at::Tensor& src, const int64_t* row_map, const std::optiona
           for (int64_t line = 0; line < std::min<int64_t>(h * es, 512); line += 64)
             __builtin_prefetch(in + next * src_stride * es + line);
         }
-        copy_row(o + d * h * es, in + s * src_stride * es, h * es);
+        copy_row(o + d * h * es, in + s * src_stride * es, h * es, streaming);
       }
+      if (streaming) end_streaming();
     });
     return;
   }
@@ -142,14 +155,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_permute_cpu(
   const int64_t n = src.size(0);
   at::Tensor counts = at::zeros({num_groups}, ids.options().dtype(at::kLong));
   at::Tensor row_map = at::empty({n}, ids.options().dtype(at::kLong));
-  std::vector<int64_t> order(n);
   AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "gts_rank_by_group", [&] {
     rank_by_group<index_t>(ids.const_data_ptr<index_t>(), n, num_groups, counts.mutable_data_ptr<int64_t>(),
-                           row_map.mutable_data_ptr<int64_t>(), order.data());
+                           row_map.mutable_data_ptr<int64_t>());
   });
   at::Tensor permuted = empty_rows(n, src.size(1), src.options());
-  // a gather by the inverse map: each thread writes one contiguous run of output rows
-  move_rows(src, order.data(), std::nullopt, permuted, /*scatter=*/false);
+  // a scatter: the input (often small pages) is read in order, which the TLB and the prefetcher
+  // like; the output rows land in recycled huge-page blocks with streaming stores. (A gather by
+  // the inverse map ran at half this speed on fresh activations.)
+  move_rows(src, row_map.const_data_ptr<int64_t>(), std::nullopt, permuted, /*scatter=*/true);
   return {permuted, counts, row_map};
 }
 

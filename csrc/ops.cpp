@@ -10,6 +10,7 @@ TORCH_LIBRARY(gts, m) {
   m.def("group_permute(Tensor hidden, Tensor group_ids, int num_groups) -> (Tensor, Tensor, Tensor)");
   m.def("group_unpermute(Tensor permuted, Tensor row_map, Tensor? weights=None) -> Tensor");
   m.def("scatter_rows(Tensor rows, Tensor row_map, Tensor? weights=None) -> Tensor");
+  m.def("cpu_output_pool_limit(int megabytes) -> int", &gts::cpu_output_pool_limit);
 }
 
 TORCH_LIBRARY_IMPL(gts, CPU, m) {

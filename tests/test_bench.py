@@ -49,7 +49,8 @@ def test_bench_dispatch_reports_every_method_and_ratio():
                                "--repeats", "2").stdout)
     assert result["extension"] is True and len(result["rows"]) == 2
     for row in result["rows"]:
-        for method in ("copy", "copy_into_existing", "group_permute", "megatron_permute", "argsort_index_select"):
+        for method in ("copy", "copy_new", "group_permute", "group_permute_no_pool", "megatron_permute",
+                       "argsort_index_select"):
             assert row[f"{method}_gbps"] > 0
         assert row["vs_megatron"] == pytest.approx(row["group_permute_gbps"] / row["megatron_permute_gbps"], rel=0.02)
     bad = run_gts("bench", "dispatch", "--hidden", "0", check=False)

@@ -69,6 +69,34 @@ def test_gradients_in_fp64_and_registrations():
         assert set(result.values()) == {"SUCCESS"}, (op, result)
 
 
+def test_recycled_cpu_outputs_never_overwrite_a_tensor_still_held():
+    """Large CPU outputs come from a pool of freed ones; a held output, a view of one, or one
+    autograd saved must never be handed out again."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(2048, 512, generator=gen) for _ in range(4)]  # 4 MB rows: pooled
+    ids = torch.randint(0, 5, (2048,), generator=gen)
+    expected = [ops.reference_group_permute(h, ids, 5)[0] for h in hidden]
+    held, _, _ = ops.group_permute(hidden[0], ids, 5)
+    view = ops.group_permute(hidden[1], ids, 5)[0][100:200]  # only a view of the output survives
+    leaf = hidden[2].clone().requires_grad_()
+    saved = ops.group_unpermute(ops.group_permute(leaf, ids, 5)[0], ids.argsort(stable=True).argsort(),
+                                torch.ones(2048, requires_grad=True))  # autograd holds the permuted rows
+    for _ in range(3):  # freed outputs are recycled: these may land in earlier results' blocks
+        again, _, _ = ops.group_permute(hidden[3], ids, 5)
+        assert torch.equal(again, expected[3])
+        del again
+    assert torch.equal(held, expected[0]) and torch.equal(view, expected[1][100:200])
+    saved.sum().backward()
+    assert torch.equal(leaf.grad, torch.ones_like(leaf))
+    previous = ops.cpu_output_pool_limit(0)
+    try:
+        assert previous == 4096 and ops.cpu_output_pool_limit() == 0
+        assert torch.equal(ops.group_permute(hidden[3], ids, 5)[0], expected[3])
+    finally:
+        ops.cpu_output_pool_limit(previous)
+
+
+
 @pytest.mark.parametrize("call,error,fragments", [
     (lambda: ops.group_permute(torch.zeros(4, 2), torch.tensor([0, 1, 5, 0]), 3), IndexError,
      ["group_ids[2] = 5", "num_groups = 3", "valid: 0..2"]),

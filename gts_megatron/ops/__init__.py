@@ -51,6 +51,16 @@ def group_unpermute(permuted: torch.Tensor, row_map: torch.Tensor, weights: Opti
     return reference_group_unpermute(permuted, row_map, weights)
 
 
+def cpu_output_pool_limit(megabytes: Optional[int] = None) -> int:
+    """The limit, in MB, of the pool that recycles the CPU kernels' large outputs (torch has no
+    caching allocator on CPU, and zeroing fresh pages costs more than the copy); sets it when
+    ``megabytes`` is given (0: no pooling) and returns the previous one. Start a process with
+    ``GTS_CPU_OUTPUT_POOL_MB`` to choose it from the outset (default 4096). 0 without the extension."""
+    if not HAVE_EXTENSION:
+        return 0
+    return torch.ops.gts.cpu_output_pool_limit(-1 if megabytes is None else megabytes)
+
+
 def reference_group_permute(hidden: torch.Tensor, group_ids: torch.Tensor, num_groups: int):
     """Plain-torch group_permute (the fallback, and what the kernels are tested against)."""
     if group_ids.numel() and (int(group_ids.min()) < 0 or int(group_ids.max()) >= num_groups):
