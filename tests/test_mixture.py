@@ -149,3 +149,6 @@ def test_placement_refuses_an_ep_rank_without_languages(banded, tmp_path):
     with pytest.raises(GtsError, match=r"EP rank 1 holds experts 2\.\.3, which no language"):
         LanguageMixture(banded, None, 0.3, 16, 5, 100, tmp_path,
                         placement=Placement({"aa": 0, "bb": 1, "cc": 1}, num_experts=4, ep_size=2))
+    with pytest.raises(GtsError, match="no group for cc"):
+        LanguageMixture(banded, None, 0.3, 16, 5, 100, tmp_path,
+                        placement=Placement({"aa": 0, "bb": 1}, num_experts=2, ep_size=2))

@@ -31,6 +31,9 @@ class Placement:
     def owners(self, languages: Sequence[str]) -> list[int]:
         """The EP rank holding each language's expert, refused if an EP rank would get no
         language (it would have nothing to train on)."""
+        missing = [lang for lang in languages if lang not in self.language_to_expert]
+        if missing:
+            raise GtsError(f"the language -> group map has no group for {', '.join(missing)}")
         per_rank = self.num_experts // self.ep_size
         owners = [self.language_to_expert[lang] // per_rank for lang in languages]
         idle = [r for r in range(self.ep_size) if r not in owners]
