@@ -209,23 +209,29 @@ def test_placement_trains_each_ep_rank_on_its_groups_and_matches_alltoall(gts_se
 
     from gts_megatron.engine.checkpoint import LATEST_FILE
 
+    outputs = {}
+
     def placed(name, dispatcher):
-        run_gts("train", "--stage", "group", "--run-dir", str(tmp_path / name), "--nproc-per-node", "2",
-                *gts_setup["args"], "--set", f"train.init_from={gts_setup['moe']}", "--set", "train.steps=5",
-                "--set", "train.save_interval=3", "--set", "parallel.expert=2", "--set", "moe.placement=true",
-                "--set", f"moe.dispatcher={dispatcher}")
-        return [m for m in read_metrics(tmp_path / name) if "loss" in m]
+        outputs[name] = run_gts(
+            "train", "--stage", "group", "--run-dir", str(tmp_path / name), "--nproc-per-node", "2",
+            *gts_setup["args"], "--set", f"train.init_from={gts_setup['moe']}", "--set", "train.steps=5",
+            "--set", "train.save_interval=3", "--set", "parallel.expert=2", "--set", "moe.placement=true",
+            "--set", f"moe.dispatcher={dispatcher}")
+        return read_metrics(tmp_path / name)
 
     group, alltoall = placed("group", "group"), placed("alltoall", "alltoall")
     # resume from the step-3 checkpoint of the same command
     shutil.copytree(tmp_path / "group", tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "iter_0000005")
     (tmp_path / "resumed" / "checkpoints" / LATEST_FILE).write_text("iter_0000003")
-    resumed = placed("resumed", "group")[-2:]
-    assert [m["step"] for m in group] == [1, 2, 3, 4, 5] and [m["step"] for m in resumed] == [4, 5]
-    for runs in ((group, alltoall), (group[3:], resumed)):
+    resumed = [m for m in placed("resumed", "group") if "loss" in m][-2:]
+    assert "resumed from" in outputs["resumed"].stdout + outputs["resumed"].stderr
+    steps = [m for m in group if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5] and [m["step"] for m in resumed] == [4, 5]
+    assert len(group) == len(alltoall) and "valid_loss" in group[-1]  # validation takes the general path
+    for runs in ((group, alltoall), (steps[3:], resumed)):
         for want, have in zip(*runs):
-            assert want["step"] == have["step"]
+            assert want.keys() == have.keys()
             for key in want:
                 if key not in ("step_time_s", "tokens_per_s"):
                     assert abs(have[key] - want[key]) <= 1e-5, (key, want, have)
