@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
 
+from gts_megatron.cli_flags import add_field_flags, comma_list, field_options
 from gts_megatron.errors import GtsError, Interrupted
 
 # megatron-core announces every missing optional accelerator library; they are optional here
@@ -116,13 +115,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from gts_megatron.adapt import adapt
     from gts_megatron.config import AdaptConfig
 
-    cfg = _options(AdaptConfig, args)
+    cfg = field_options(AdaptConfig, args)
     adapt(cfg, Path(args.out or Path(args.run_dir) / "adapt" / cfg.lang))
     return 0
-
-
-def _languages(value: str) -> list[str]:
-    return [lang.strip() for lang in value.split(",") if lang.strip()]
 
 
 def _int_list(value: str) -> list[int]:
@@ -149,7 +144,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from gts_megatron.config import PrepareConfig
     from gts_megatron.data.prepare import prepare
 
-    prepare(_options(PrepareConfig, args), Path(args.out or Path(args.run_dir) / "data"), force=args.force)
+    prepare(field_options(PrepareConfig, args), Path(args.out or Path(args.run_dir) / "data"), force=args.force)
     return 0
 
 
@@ -158,7 +153,7 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     from gts_megatron.config import SyntheticDataConfig
     from gts_megatron.data.families import write_synthetic
 
-    write_synthetic(_options(SyntheticDataConfig, args), Path(args.out or Path(args.run_dir) / "data"))
+    write_synthetic(field_options(SyntheticDataConfig, args), Path(args.out or Path(args.run_dir) / "data"))
     return 0
 
 
@@ -168,7 +163,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from gts_megatron.probe.fleet import run_fleet
 
     out = Path(args.out or Path(args.run_dir) / "probes")
-    status = run_fleet(_options(ProbeConfig, args), out)
+    status = run_fleet(field_options(ProbeConfig, args), out)
     print(f"{sum(s == 'done' for s in status.values())} probed, {sum(s == 'skipped' for s in status.values())} "
           f"already there; results in {out}")
     return 0
@@ -179,7 +174,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from gts_megatron.config import PlanConfig
     from gts_megatron.plan.make import make_plan
 
-    cfg = _options(PlanConfig, args)
+    cfg = field_options(PlanConfig, args)
     out = Path(args.out or Path(args.run_dir) / "plan")
     make_plan(cfg, out)
     print(f"wrote {out / 'plan.json'} and its figures")
@@ -191,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gts_megatron.config import EvalConfig
     from gts_megatron.eval import evaluate_checkpoint
 
-    cfg = _options(EvalConfig, args)
+    cfg = field_options(EvalConfig, args)
     out = Path(args.out or Path(args.run_dir) / f"eval-{cfg.split}.json")
     evaluate_checkpoint(cfg, out)
     print(f"wrote {out}")
@@ -203,7 +198,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from gts_megatron.config import ExperimentConfig, load_config
     from gts_megatron.experiment import run_experiment
 
-    run_experiment(_options(ExperimentConfig, args), load_config(args.config, args.set), Path(args.run_dir))
+    run_experiment(field_options(ExperimentConfig, args), load_config(args.config, args.set), Path(args.run_dir))
     return 0
 
 
@@ -251,36 +246,6 @@ def cmd_bench_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(section, args: argparse.Namespace):
-    """The typed options of a command from its --flags (unset flags take the section's defaults)."""
-    from gts_megatron.config import build_options
-
-    return build_options(section, {name: getattr(args, name) for name in section.model_fields
-                                   if getattr(args, name, None) is not None})
-
-
-def _add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> None:
-    """One --flag per config field, typed and documented from the field (a Literal field's values
-    become the flag's choices; a list of strings is given comma-separated)."""
-    for name in names:
-        field = section.model_fields[name]
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            p.add_argument(flag, action="store_true", default=None, help=field.description)
-            continue
-        default = field.get_default(call_default_factory=True)
-        shown = ",".join(default) if isinstance(default, list) else default
-        help_text = f"{field.description} (default {shown})"
-        if typing.get_origin(field.annotation) is Literal:
-            choices = typing.get_args(field.annotation)
-            p.add_argument(flag, type=type(choices[0]), choices=choices, help=help_text)
-        elif field.annotation in (list[str], Optional[list[str]]) or typing.get_origin(field.annotation) is list:
-            p.add_argument(flag, type=_languages, help=help_text)
-        else:
-            kind = next((t for t in (int, float) if field.annotation in (t, Optional[t])), str)
-            p.add_argument(flag, type=kind, help=help_text)
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the documented config fields, or validate a config file."""
     from gts_megatron.config import describe_fields, dump_config, load_config, model_presets
@@ -307,17 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help=cmd_probe.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/probes")
     p.add_argument("--out", help="probe store directory (overrides --run-dir)")
-    _add_field_flags(p, ProbeConfig, ["base", "data", "languages", "engine", "zero_stage", "steps", "lr",
+    add_field_flags(p, ProbeConfig, ["base", "data", "languages", "engine", "zero_stage", "steps", "lr",
                                       "micro_batch_size", "global_batch_size",
                                       "seq_length", "sketch_size", "exact", "seed", "cpus_per_probe",
-                                      "gpus_per_probe", "retries", "address"])
+                                      "gpus_per_probe", "retries", "address", "executor"])
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("plan", help=cmd_plan.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="the plan goes to <run-dir>/plan")
     p.add_argument("--out", help="plan directory (overrides --run-dir)")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="numbers only, no PNG")
-    _add_field_flags(p, PlanConfig, ["probes", "deviations", "languages", "method", "k", "threshold", "groups_map",
+    add_field_flags(p, PlanConfig, ["probes", "deviations", "languages", "method", "k", "threshold", "groups_map",
                                      "similarity_layers",
                                      "epsilon", "top_n"])
     p.set_defaults(func=cmd_plan)
@@ -339,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help=cmd_eval.__doc__)
     p.add_argument("--run-dir", default="runs/eval", help="the result goes to <run-dir>/eval-<split>.json")
     p.add_argument("--out", help="result JSON (overrides --run-dir)")
-    _add_field_flags(p, EvalConfig, ["checkpoint", "data", "languages", "split", "routing", "unknown_language",
+    add_field_flags(p, EvalConfig, ["checkpoint", "data", "languages", "split", "routing", "unknown_language",
                                      "window", "stride", "eval_batch_size", "max_tokens"])
     p.set_defaults(func=cmd_eval)
 
@@ -348,14 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config field, e.g. --set train.steps=200 (steps per arm)")
     p.add_argument("--run-dir", default="runs/experiment", help="arms, evaluations and results go here")
-    _add_field_flags(p, ExperimentConfig, ["base", "data", "plan", "arms", "learned_steps", "upcycle_experts",
+    add_field_flags(p, ExperimentConfig, ["base", "data", "plan", "arms", "learned_steps", "upcycle_experts",
                                            "seed", "split", "window", "stride", "eval_batch_size", "max_tokens"])
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("adapt", help=cmd_adapt.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/adapt/<lang>")
     p.add_argument("--out", help="adaptation directory (overrides --run-dir)")
-    _add_field_flags(p, AdaptConfig, ["checkpoint", "lang", "data", "eval_data", "steps", "lr", "router_loss_weight",
+    add_field_flags(p, AdaptConfig, ["checkpoint", "lang", "data", "eval_data", "steps", "lr", "router_loss_weight",
                                       "micro_batch_size", "global_batch_size", "seq_length", "seed", "split",
                                       "window", "stride", "eval_batch_size", "max_tokens"])
     p.set_defaults(func=cmd_adapt)
@@ -367,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_data_parsers(sub)
+    from gts_megatron.launch.commands import add_launch_parser
+
+    add_launch_parser(sub)
 
     bench = sub.add_parser("bench", help="measure speed against a same-run baseline").add_subparsers(
         dest="bench_command", required=True)
@@ -424,7 +392,7 @@ def _add_data_parsers(sub) -> None:
     p = data.add_parser("demo-corpus", help=cmd_data_demo_corpus.__doc__)
     p.add_argument("--run-dir", default="runs/demo", help="the corpus goes to <run-dir>/corpus")
     p.add_argument("--out", help="corpus directory (overrides --run-dir)")
-    p.add_argument("--languages", type=_languages, help="comma-separated subset, e.g. en,fr,ru")
+    p.add_argument("--languages", type=comma_list, help="comma-separated subset, e.g. en,fr,ru")
     p.add_argument("--include-restricted", action="store_true",
                    help="also the 10 languages whose only text is marked copyrighted (22 in all)")
     p.add_argument("--with-debian", action="store_true",
@@ -436,7 +404,7 @@ def _add_data_parsers(sub) -> None:
     p.add_argument("--out", help="data directory (overrides --run-dir)")
     p.add_argument("--force", action="store_true", help="replace an existing data directory built otherwise")
     p.add_argument("--corpus", required=True, help=PrepareConfig.model_fields["corpus"].description)
-    _add_field_flags(p, PrepareConfig, ["languages", "tokenizer", "eod_token", "text_field", "vocab_size",
+    add_field_flags(p, PrepareConfig, ["languages", "tokenizer", "eod_token", "text_field", "vocab_size",
                                         "sample_characters",
                                         "seed", "character_coverage", "sample_alpha", "valid_fraction",
                                         "test_fraction", "model_type", "separator"])
@@ -447,7 +415,7 @@ def _add_data_parsers(sub) -> None:
     p = data.add_parser("synthetic", help=cmd_data_synthetic.__doc__)
     p.add_argument("--run-dir", default="runs/synthetic", help="the data goes to <run-dir>/data")
     p.add_argument("--out", help="data directory (overrides --run-dir)")
-    _add_field_flags(p, SyntheticDataConfig, list(SyntheticDataConfig.model_fields))
+    add_field_flags(p, SyntheticDataConfig, list(SyntheticDataConfig.model_fields))
     p.set_defaults(func=cmd_data_synthetic)
 
 

@@ -54,6 +54,9 @@ class ProbeConfig(_Section):
     gpus_per_probe: float = Field(0, ge=0, description="GPUs each probe task reserves on Ray")
     retries: int = Field(2, ge=0, description="times Ray re-runs a probe whose worker crashed")
     address: Optional[str] = Field(None, description="Ray cluster address; null = start a local Ray")
+    executor: Literal["ray", "process"] = Field(
+        "ray", description="ray: a fleet of Ray tasks; process: the languages one after another in this "
+                           "process, without Ray (what each task of `gts launch probe-array` runs)")
 
 
 class PlanConfig(_Section):

@@ -95,6 +95,20 @@ def _connect(cfg: ProbeConfig, cpus: int) -> bool:
     return True
 
 
+def _run_in_process(cfg: ProbeConfig, todo: list[str], store: Path, status: dict, log) -> dict[str, str]:
+    """The probes one after another in this process (a Slurm array task), without Ray."""
+    if cfg.engine == "deepspeed" and len(todo) > 1:
+        raise GtsError(f"--executor process with --engine deepspeed probes one language per process (DeepSpeed "
+                       f"keeps global state); give one of {', '.join(todo)} with --languages")
+    store.mkdir(parents=True, exist_ok=True)
+    for done, lang in enumerate(todo, 1):
+        begun = time.perf_counter()
+        _probe_task(cfg.model_dump_json(), lang, str(store))
+        status[lang] = "done"
+        log(f"  [{done}/{len(todo)}] {lang} done ({time.perf_counter() - begun:.0f} s)")
+    return status
+
+
 def run_fleet(cfg: ProbeConfig, store: Path, log=print, timings: Optional[dict] = None) -> dict[str, str]:
     """Probe every language not yet in ``store``; returns language -> "done" | "skipped" | error.
     ``timings``, if given, receives the seconds spent connecting to Ray and each probe's own time."""
@@ -115,6 +129,8 @@ def run_fleet(cfg: ProbeConfig, store: Path, log=print, timings: Optional[dict] 
         log(f"{len(status)} of {len(languages)} languages already probed with these inputs; skipping them")
     if not todo:
         return status
+    if cfg.executor == "process":
+        return _run_in_process(cfg, todo, store, status, log)
     connecting = time.perf_counter()
     started_ray = _connect(cfg, available_cores())
     if timings is not None:

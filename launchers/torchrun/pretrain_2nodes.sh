@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Example: dense pretraining on 2 nodes x 8 GPUs with torchrun (run this on every node).
 # NODE_RANK=0 on the first node; MASTER_ADDR is the first node's address.
-# Until `gts launch slurm` lands, this is how multi-node jobs start.
+# On Slurm, `gts launch slurm --nodes 2 --gpus-per-node 8 -- pretrain ...` does this for you.
 set -euo pipefail
 : "${MASTER_ADDR:?set MASTER_ADDR to the first node}" "${NODE_RANK:?set NODE_RANK (0 on the first node)}"
 CONFIG=${CONFIG:-my_run.yaml}
