@@ -49,21 +49,9 @@ def _run_training(args: argparse.Namespace, cfg, stage) -> int:
     if not in_launched_worker():
         if args.nproc_per_node < 1:
             raise GtsError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1")
-        cfg.data_parallel_size(args.nproc_per_node)  # refuse a bad layout before spawning
-        from gts_megatron.base.pretrain import check_run_data
+        from gts_megatron.train.preflight import preflight
 
-        check_run_data(cfg)
-        moe = None
-        if cfg.moe.plan:
-            from gts_megatron.plan.plan_file import moe_identity
-            from gts_megatron.train import check_moe
-
-            moe = moe_identity(check_moe(cfg))
-        if cfg.train.init_from:  # a missing or foreign checkpoint is refused before any work
-            from gts_megatron.engine.checkpoint import check_model_matches, read_meta, resolve_checkpoint
-
-            init = resolve_checkpoint(Path(cfg.train.init_from))
-            check_model_matches(init, read_meta(init), cfg.model, moe)
+        preflight(cfg, args.nproc_per_node)  # refuse a bad run before spawning
         if args.nproc_per_node > 1:
             return launch_local(_worker_argv(args), args.nproc_per_node)
     return _exit_code(stage(cfg, Path(args.run_dir)))

@@ -71,6 +71,8 @@ def test_ray_and_probe_array_scripts_are_valid_bash(tmp_path, probe_setup):
     (["slurm", "--"], "no gts command to run"),
     (["slurm", "--nproc-per-node", "3", "--", "pretrain", "--set", "parallel.tensor=2"],
      "parallel.tensor=2 does not divide the world size 3"),
+    (["slurm", "--", "pretrain", "--set", "data.kind=indexed", "--set", "data.path=no-such-data"],
+     "no-such-data has no manifest.json"),
     (["slurm", "--nodes", "2", "--", "eval", "--checkpoint", "x", "--data", "y"], "gts eval runs as one process"),
     (["ray", "--", "pretrain"], "gts launch ray runs `gts probe`"),
     (["probe-array", "--nodes", "2", "--", "probe", "--base", "b", "--data", "d"], "each array task probes one"),

@@ -55,8 +55,10 @@ def cmd_launch_slurm(args: argparse.Namespace) -> int:
     command, parsed = _command(args)
     world = job.nodes * job.processes_per_node
     if parsed.command in TRAINING:
-        cfg = load_config(parsed.config, parsed.set)
-        cfg.data_parallel_size(world)  # a layout the job's world size cannot hold fails here, not in the job
+        from gts_megatron.train.preflight import preflight
+
+        # a bad layout, plan, data or init checkpoint fails here, not after the queue
+        preflight(load_config(parsed.config, parsed.set), world)
     elif world > 1:
         raise GtsError(f"gts {parsed.command} runs as one process; {job.nodes} node(s) x "
                        f"{job.processes_per_node} process(es) is for {' and '.join(TRAINING)} (probe fleets: "
