@@ -45,6 +45,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "safetensors>=0.4",
     "tokenizers==0.23.3",  # reads Hugging Face tokenizer.json files
+    "transformers==5.23.0",  # gts import-hf checks its conversion against transformers' logits
     "pycountry==26.2.16",  # ISO 639 language codes for corpus file names
     "scipy==1.17.1",  # hierarchical clustering of languages
     "matplotlib==3.11.2",  # the plan's figures

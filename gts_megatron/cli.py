@@ -320,9 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_data_parsers(sub)
+    from gts_megatron.hf.commands import add_hf_parsers
     from gts_megatron.launch.commands import add_launch_parser
 
     add_launch_parser(sub)
+    add_hf_parsers(sub)
 
     bench = sub.add_parser("bench", help="measure speed against a same-run baseline").add_subparsers(
         dest="bench_command", required=True)

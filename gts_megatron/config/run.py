@@ -29,6 +29,10 @@ class ModelConfig(_Section):
     vocab_size: int = Field(256, ge=2, description="vocabulary size (the tokenizer's, once data has one)")
     max_seq_length: int = Field(128, ge=1, description="longest sequence the model is built for")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency")
+    rope_scaling_factor: Optional[float] = Field(
+        None, gt=0, description="Llama 3 RoPE scaling factor (low/high frequency factors 1 and 4, original "
+                                "context 8192); null = no scaling")
+    qkv_bias: bool = Field(False, description="biases on the query, key and value projections (Qwen2)")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     tie_embeddings: bool = Field(True, description="share input embedding and output projection")
     init_std: float = Field(0.02, gt=0, description="std of the normal weight initialisation")

@@ -33,7 +33,7 @@ META_FILE = "meta.json"
 LATEST_FILE = "latest"
 # model fields that decide parameter shapes: a checkpoint must agree on all of them
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                "ffn_hidden_size", "vocab_size", "tie_embeddings")
+                "ffn_hidden_size", "vocab_size", "tie_embeddings", "qkv_bias")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -100,7 +100,7 @@ def cmd_launch_probe_array(args: argparse.Namespace) -> int:
         raise GtsError(f"--nodes {job.nodes}: each array task probes one language on one node")
     command, probe = _probe_command(args, "probe-array")
     _, languages = check_data(Path(probe.data), probe.languages, probe.seq_length)
-    array = f"0-{len(languages) - 1}" + (f"%{args.array_parallel}" if args.array_parallel else "")
+    array = f"0-{len(languages) - 1}" + (f"%{job.array_parallel}" if job.array_parallel else "")
     script = render("probe_array", job, command, array=array, template=args.template,
                     extra={"PROBE_LANGUAGES": languages})
     return _submit_or_print(script, args.dry_run, f"{len(languages)} probes ({', '.join(languages)})")

@@ -1,13 +1,13 @@
 """A Llama-style decoder as a megatron-core GPTModel with the local (non-TransformerEngine) spec.
 
-RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases, tied or untied embeddings. The model
+RMSNorm, SwiGLU, RoPE (optionally Llama 3 scaled), grouped-query attention, no biases except
+optional QKV biases (Qwen2), tied or untied embeddings. The model
 definition lives here; how it is split over processes comes from megatron's parallel_state.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -22,16 +22,9 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from gts_megatron.config import ModelConfig, ParallelConfig
+from gts_megatron.model.vocab import padded_vocab_size
 
-# Vocabulary rows are padded to a multiple of this, independent of the TP size, so a checkpoint's
-# embedding shape (and the loss) does not depend on the layout it was trained with.
-VOCAB_PAD_MULTIPLE = 128
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def padded_vocab_size(vocab_size: int) -> int:
-    """The embedding rows the model allocates for a tokenizer of ``vocab_size`` tokens."""
-    return math.ceil(vocab_size / VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
 
 class SDPAttention(DotProductAttention):
@@ -72,7 +65,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
         num_layers=model.num_layers, hidden_size=model.hidden_size,
         num_attention_heads=model.num_attention_heads, num_query_groups=model.num_query_groups,
         ffn_hidden_size=model.ffn_hidden_size, normalization="RMSNorm", layernorm_epsilon=model.norm_eps,
-        gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=False,
+        gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=model.qkv_bias,
         hidden_dropout=model.hidden_dropout, attention_dropout=model.attention_dropout,
         init_method_std=model.init_std, params_dtype=dtype, pipeline_dtype=dtype,
         bf16=model.dtype == "bf16", fp16=model.dtype == "fp16",
@@ -110,7 +103,8 @@ def build_model(model: ModelConfig, config: TransformerConfig,
         config=config, transformer_layer_spec=spec or decoder_spec(config, model.attention),
         vocab_size=padded_vocab_size(model.vocab_size), max_sequence_length=model.max_seq_length,
         share_embeddings_and_output_weights=model.tie_embeddings, position_embedding_type="rope",
-        rotary_base=model.rope_theta, parallel_output=True)
+        rotary_base=model.rope_theta, rope_scaling=model.rope_scaling_factor is not None,
+        rope_scaling_factor=model.rope_scaling_factor or 8.0, parallel_output=True)
     if torch.cuda.is_available():
         gpt = gpt.cuda(torch.cuda.current_device())
     if config.bf16 or config.fp16:
@@ -124,6 +118,7 @@ def count_parameters(model: ModelConfig) -> int:
     head_dim = h // model.num_attention_heads
     kv = (model.num_query_groups or model.num_attention_heads) * head_dim
     attention = h * (h + 2 * kv) + h * h + h            # fused QKV, output projection, its norm
+    attention += (h + 2 * kv) if model.qkv_bias else 0
     mlp = 2 * h * f + f * h + h                          # gate+up (fused), down, its norm
     embeddings = padded_vocab_size(model.vocab_size) * h * (1 if model.tie_embeddings else 2)
     return model.num_layers * (attention + mlp) + embeddings + h  # + final norm

@@ -20,7 +20,8 @@ class _Attention(nn.Module):
         super().__init__()
         self.heads, self.groups = cfg.num_attention_heads, cfg.num_query_groups or cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // self.heads
-        self.linear_qkv = nn.Linear(cfg.hidden_size, (self.heads + 2 * self.groups) * self.head_dim, bias=False)
+        self.linear_qkv = nn.Linear(cfg.hidden_size, (self.heads + 2 * self.groups) * self.head_dim,
+                                    bias=cfg.qkv_bias)
         self.linear_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -93,6 +94,10 @@ class TorchLlama(nn.Module):
     def _rope(self, seq: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         dim = self.cfg.hidden_size // self.cfg.num_attention_heads
         inv_freq = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+        if self.cfg.rope_scaling_factor is not None:  # Llama 3 scaling: megatron's own function
+            from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+            inv_freq = RotaryEmbedding._apply_scaling(None, inv_freq, factor=self.cfg.rope_scaling_factor)
         freqs = torch.outer(torch.arange(seq, dtype=torch.float32, device=device), inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)[None, :, None, :]
         return angles.cos(), angles.sin()

@@ -1,0 +1,188 @@
+"""`gts import-hf` and `gts export-hf`: Hugging Face Llama/Mistral/Qwen2 checkpoint folders <->
+megatron dist-checkpoints (which load at any tensor-parallel layout).
+
+Both run in one process on full tensors. The import checks itself: transformers and the
+imported megatron model score the same tokens and the largest logit difference is reported
+(and refused above a tolerance).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from gts_megatron.config import ModelConfig, ParallelConfig
+from gts_megatron.errors import GtsError
+from gts_megatron.hf.config_map import FAMILIES, hf_config_from_model, model_config_from_hf, read_hf_config
+from gts_megatron.hf.weights import hf_to_megatron, megatron_to_hf, read_safetensors, write_safetensors
+
+# files of an HF folder that travel with the weights (tokenizer and generation settings)
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+              "generation_config.json")
+HF_FILES_DIR = "hf"
+_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _tokenizer_record(folder: Path, hf: dict) -> Optional[dict]:
+    """The tokenizer identity the data pipeline checks (as `gts data prepare --tokenizer` makes it)."""
+    from gts_megatron.data.tokenizer import Tokenizer
+
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if (folder / name).is_file():
+            eos = None
+            config = folder / "tokenizer_config.json"
+            if config.is_file():
+                eos = json.loads(config.read_text()).get("eos_token")
+                eos = eos.get("content") if isinstance(eos, dict) else eos
+            tok = Tokenizer(folder / name, eod_token=eos if name.endswith(".json") else None)
+            return {"kind": tok.kind, "sha256": tok.sha256, "vocab_size": tok.vocab_size, "eod": tok.eod,
+                    "file": name}
+    return None
+
+
+def megatron_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Logits [b, s, vocab] of a single-process megatron GPTModel (padding rows dropped)."""
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    with torch.no_grad():
+        logits = model(tokens, positions, attention_mask=None)
+    return logits[..., :vocab_size].float()
+
+
+def hf_logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of the HF checkpoint in ``folder``, computed by transformers in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        return model(tokens).logits.float()
+
+
+def _fresh_output(out: Path, force: bool) -> Path:
+    if out.exists() and any(out.iterdir()) and not force:
+        raise GtsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+
+
+def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = True, force: bool = False,
+              tolerance: float = 1e-4, log=print) -> dict:
+    """Convert the HF checkpoint folder ``src`` into a dist-checkpoint under ``out`` (``out/iter_0000000``,
+    ``out/latest``, ``out/config.yaml`` with the model section, ``out/hf/`` with the tokenizer).
+    Returns a summary, with ``max_abs_logit_diff`` when ``verify``."""
+    import yaml
+
+    hf = read_hf_config(src)
+    arch, model_cfg = model_config_from_hf(hf, str(src / "config.json"))
+    chosen = dtype or _DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype")), "fp32")
+    if verify:
+        chosen = "fp32"  # the check compares fp32 logits
+    model_cfg = model_cfg.model_copy(update={"dtype": chosen})
+    state = hf_to_megatron(read_safetensors(src), model_cfg, str(src))
+    tokenizer = _tokenizer_record(src, hf)
+    # megatron is imported only now: bad input above fails fast
+    from gts_megatron.engine.checkpoint import save_checkpoint, unwrap
+    from gts_megatron.model.llama import build_model, count_parameters, transformer_config
+    from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
+
+    log(f"importing {arch} from {src}: {model_cfg.num_layers} layers, hidden {model_cfg.hidden_size}, "
+        f"{count_parameters(model_cfg) / 1e6:.2f}M parameters ({chosen})")
+    tmp = _fresh_output(out, force)
+    summary = {"architecture": arch, "source": str(src.resolve()), "dtype": chosen}
+    runtime = init_runtime(ParallelConfig(), 1234)
+    try:
+        if runtime.env.world_size != 1:
+            raise GtsError("gts import-hf runs in one process; its checkpoint loads at any layout afterwards")
+        model = build_model(model_cfg, transformer_config(model_cfg, ParallelConfig()))
+        result = unwrap(model).load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise GtsError(f"{src}: the converted weights do not fit the model (missing {missing[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]})")
+        model.eval()
+        if verify:
+            tokens = torch.randint(0, model_cfg.vocab_size, (2, min(64, model_cfg.max_seq_length)),
+                                   generator=torch.Generator().manual_seed(0))
+            diff = float((megatron_logits(model, tokens, model_cfg.vocab_size) - hf_logits(src, tokens)).abs().max())
+            summary["max_abs_logit_diff"] = diff
+            log(f"logits vs transformers on {tuple(tokens.shape)} random tokens: max |diff| {diff:.2e}")
+            if not diff <= tolerance:
+                raise GtsError(f"{src}: the imported model's logits differ from transformers' by {diff:.2e} "
+                               f"(more than {tolerance:g}); nothing was written")
+        files = tmp / HF_FILES_DIR
+        files.mkdir()
+        for name in SIDE_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, files / name)
+        (files / "config.json").write_text(json.dumps(hf, indent=2))
+        save_checkpoint(tmp, 0, model, None, None, {"step": 0, "consumed_samples": 0}, model_cfg, keep=1,
+                        record={"stage": "import", "tokenizer": tokenizer,
+                                "hf": {"architecture": arch, "source": summary["source"]}})
+        (tmp / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg.model_dump(mode="json")}, sort_keys=False))
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutdown_runtime()
+    log(f"wrote {out}/iter_0000000 (train from it with --config {out}/config.yaml "
+        f"--set train.init_from={out}" + (f"; its tokenizer: {out}/{HF_FILES_DIR}/{tokenizer['file']})"
+                                          if tokenizer else ")"))
+    return summary
+
+
+def export_hf(checkpoint: Path, out: Path, architecture: Optional[str] = None, tokenizer_dir: Optional[Path] = None,
+              force: bool = False, log=print) -> Path:
+    """Write a dense checkpoint as an HF folder of its family (config.json, safetensors, tokenizer
+    files when known); ``architecture`` overrides the family (default: the imported one, else
+    Qwen2 for QKV biases and Llama otherwise)."""
+    from gts_megatron.engine.checkpoint import load_checkpoint, read_meta, resolve_checkpoint, unwrap
+    from gts_megatron.model.llama import build_model, transformer_config
+    from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
+
+    ckpt = resolve_checkpoint(Path(checkpoint))
+    meta = read_meta(ckpt)
+    if meta.get("moe") is not None:
+        raise GtsError(f"{ckpt} is a GtS MoE model; export-hf writes dense models only so far (the "
+                       f"trust_remote_code format for GtS models is not written yet)")
+    model_cfg = ModelConfig.model_validate(meta["model"])
+    arch = architecture or (meta.get("hf") or {}).get("architecture") or (
+        "Qwen2ForCausalLM" if model_cfg.qkv_bias else "LlamaForCausalLM")
+    if arch not in FAMILIES:
+        raise GtsError(f"--architecture {arch}: supported: {', '.join(FAMILIES)}")
+    if model_cfg.qkv_bias != (arch == "Qwen2ForCausalLM"):
+        raise GtsError(f"--architecture {arch}: the model {'has' if model_cfg.qkv_bias else 'has no'} QKV biases, "
+                       f"so it is a {'Qwen2' if model_cfg.qkv_bias else 'Llama or Mistral'} model")
+    side = tokenizer_dir or (ckpt.parent / HF_FILES_DIR if (ckpt.parent / HF_FILES_DIR).is_dir() else None)
+    tmp = _fresh_output(out, force)
+    runtime = init_runtime(ParallelConfig(), 1234)
+    try:
+        if runtime.env.world_size != 1:
+            raise GtsError("gts export-hf runs in one process")
+        model = build_model(model_cfg, transformer_config(model_cfg, ParallelConfig()))
+        load_checkpoint(ckpt, model, model_cfg)
+        state = megatron_to_hf(unwrap(model).state_dict(), model_cfg)
+        extra = {}
+        if side is not None:
+            for name in SIDE_FILES:
+                if (side / name).is_file():
+                    shutil.copy2(side / name, tmp / name)
+            if (side / "config.json").is_file():  # token ids and the like of the imported model
+                original = json.loads((side / "config.json").read_text())
+                extra = {k: original[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in original}
+        (tmp / "config.json").write_text(json.dumps(hf_config_from_model(arch, model_cfg, extra), indent=2))
+        write_safetensors(state, tmp)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutdown_runtime()
+    log(f"wrote {out} ({arch}, {sum(t.numel() for t in state.values()) / 1e6:.2f}M parameters)")
+    return out
