@@ -157,11 +157,46 @@ def mistral_folder(tmp_path_factory) -> Path:
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path, gts_setup):
-    proc = run_gts("export-hf", str(gts_setup["moe"]), "--out", str(tmp_path / "x"), check=False)
-    assert_one_line_error(proc, "is a GtS MoE model")
     proc = run_gts("export-hf", str(gts_setup["base"]), "--out", str(tmp_path / "x"), "--architecture",
                    "Qwen2ForCausalLM", check=False)
     assert_one_line_error(proc, "has no QKV biases")
-    run_gts("export-hf", str(gts_setup["base"]), "--out", str(tmp_path / "llama"))  # a native model: Llama
-    assert json.loads((tmp_path / "llama" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert not list(tmp_path.glob(".tmp-*"))
+    proc = run_gts("export-hf", str(gts_setup["moe"]), "--out", str(tmp_path / "x"), "--architecture",
+                   "LlamaForCausalLM", check=False)
+    assert_one_line_error(proc, "is a GtS MoE model, exported as GtsForCausalLM")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    proc = run_gts("export-hf", str(gts_setup["base"]), "--out", str(tmp_path / "taken"), check=False)
+    assert_one_line_error(proc, "exists and is not empty")
+    assert not list(tmp_path.glob(".tmp-*")) and not (tmp_path / "x").exists()
+
+
+def test_gts_export_loads_with_trust_remote_code_and_keeps_the_function(tmp_path, gts_setup):
+    """The expanded GtS model computes its dense base's function; exported, transformers (remote
+    code) must compute the same logits as the exported dense base under group routing, for every
+    group, and generate the same tokens."""
+    from transformers import AutoModelForCausalLM
+
+    proc = run_gts("export-hf", str(gts_setup["moe"]), "--out", str(tmp_path / "gts"))
+    for routing in ("group", "learned"):  # the export's own check against the megatron model
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(f"{routing} routing:"))
+        assert float(line.split("transformers ")[1].split(";")[0]) <= 1e-4 and "generation identical" in line
+    run_gts("export-hf", str(gts_setup["base"]), "--out", str(tmp_path / "dense"))
+    config = json.loads((tmp_path / "gts" / "config.json").read_text())
+    assert config["architectures"] == ["GtsForCausalLM"] and config["moe_layers"] == [1]
+    plan = json.loads(gts_setup["plan"].read_text())
+    assert config["language_to_group"] == plan["language_to_group"]
+
+    gts = AutoModelForCausalLM.from_pretrained(str(tmp_path / "gts"), trust_remote_code=True).eval()
+    dense = AutoModelForCausalLM.from_pretrained(str(tmp_path / "dense")).eval()
+    assert type(gts).__name__ == "GtsForCausalLM" and type(dense).__name__ == "LlamaForCausalLM"
+    tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = dense(tokens).logits
+        for lang in plan["languages"]:
+            logits = gts(tokens, languages=[lang, lang]).logits
+            assert torch.allclose(logits, reference, atol=1e-5), lang
+        greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(gts.generate(tokens[:, :5], languages=plan["languages"][:2], **greedy),
+                           dense.generate(tokens[:, :5], **greedy))
+    with pytest.raises(KeyError, match="not in this model's plan"):
+        gts(tokens, languages=["xx", "yy"])

@@ -109,3 +109,12 @@ def hf_config_from_model(arch: str, model: ModelConfig, extra: dict | None = Non
     if arch == "Qwen2ForCausalLM":
         config.update(use_sliding_window=False, sliding_window=None)
     return {**config, **(extra or {})}
+
+
+def token_ids(folder) -> dict:
+    """bos/eos/pad token ids from the config.json an import kept (``folder``: its hf/ folder)."""
+    path = Path(folder) / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    original = json.loads(path.read_text())
+    return {k: original[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in original}

@@ -15,9 +15,10 @@ from typing import Optional
 
 import torch
 
-from gts_megatron.config import ModelConfig, ParallelConfig
+from gts_megatron.config import ParallelConfig
 from gts_megatron.errors import GtsError
-from gts_megatron.hf.config_map import FAMILIES, hf_config_from_model, model_config_from_hf, read_hf_config
+from gts_megatron.hf.config_map import (FAMILIES, hf_config_from_model, model_config_from_hf, read_hf_config,
+                                         token_ids)
 from gts_megatron.hf.weights import hf_to_megatron, megatron_to_hf, read_safetensors, write_safetensors
 
 # files of an HF folder that travel with the weights (tokenizer and generation settings)
@@ -140,49 +141,49 @@ def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = 
 
 
 def export_hf(checkpoint: Path, out: Path, architecture: Optional[str] = None, tokenizer_dir: Optional[Path] = None,
-              force: bool = False, log=print) -> Path:
-    """Write a dense checkpoint as an HF folder of its family (config.json, safetensors, tokenizer
-    files when known); ``architecture`` overrides the family (default: the imported one, else
-    Qwen2 for QKV biases and Llama otherwise)."""
-    from gts_megatron.engine.checkpoint import load_checkpoint, read_meta, resolve_checkpoint, unwrap
-    from gts_megatron.model.llama import build_model, transformer_config
+              force: bool = False, tolerance: float = 1e-4, log=print) -> dict:
+    """Write a checkpoint as an HF folder. Dense: its family's format (``architecture`` overrides
+    the family; default the imported one, else Qwen2 for QKV biases and Llama otherwise). GtS:
+    a trust_remote_code folder, checked against the checkpoint under both routings. Tokenizer
+    files are copied from ``tokenizer_dir`` (default: the import's hf/ folder, when there is one)."""
+    from gts_megatron.engine.checkpoint import unwrap
+    from gts_megatron.eval.load import TrainedModel
+    from gts_megatron.hf.gts_export import export_gts
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
-    ckpt = resolve_checkpoint(Path(checkpoint))
-    meta = read_meta(ckpt)
-    if meta.get("moe") is not None:
-        raise GtsError(f"{ckpt} is a GtS MoE model; export-hf writes dense models only so far (the "
-                       f"trust_remote_code format for GtS models is not written yet)")
-    model_cfg = ModelConfig.model_validate(meta["model"])
+    trained = TrainedModel.open(Path(checkpoint))
+    ckpt, meta, model_cfg = trained.path, trained.meta, trained.config
     arch = architecture or (meta.get("hf") or {}).get("architecture") or (
         "Qwen2ForCausalLM" if model_cfg.qkv_bias else "LlamaForCausalLM")
+    if trained.plan is not None and architecture:
+        raise GtsError(f"--architecture {architecture}: {ckpt} is a GtS MoE model, exported as GtsForCausalLM")
     if arch not in FAMILIES:
         raise GtsError(f"--architecture {arch}: supported: {', '.join(FAMILIES)}")
     if model_cfg.qkv_bias != (arch == "Qwen2ForCausalLM"):
         raise GtsError(f"--architecture {arch}: the model {'has' if model_cfg.qkv_bias else 'has no'} QKV biases, "
                        f"so it is a {'Qwen2' if model_cfg.qkv_bias else 'Llama or Mistral'} model")
-    side = tokenizer_dir or (ckpt.parent / HF_FILES_DIR if (ckpt.parent / HF_FILES_DIR).is_dir() else None)
+    side = tokenizer_dir or next((d / HF_FILES_DIR for d in (ckpt.parent, ckpt.parent.parent)
+                                  if (d / HF_FILES_DIR).is_dir()), None)
     tmp = _fresh_output(out, force)
     runtime = init_runtime(ParallelConfig(), 1234)
+    summary = {}
     try:
         if runtime.env.world_size != 1:
             raise GtsError("gts export-hf runs in one process")
-        model = build_model(model_cfg, transformer_config(model_cfg, ParallelConfig()))
-        load_checkpoint(ckpt, model, model_cfg)
-        state = megatron_to_hf(unwrap(model).state_dict(), model_cfg)
-        extra = {}
         if side is not None:
             for name in SIDE_FILES:
                 if (side / name).is_file():
                     shutil.copy2(side / name, tmp / name)
-            if (side / "config.json").is_file():  # token ids and the like of the imported model
-                original = json.loads((side / "config.json").read_text())
-                extra = {k: original[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in original}
-        (tmp / "config.json").write_text(json.dumps(hf_config_from_model(arch, model_cfg, extra), indent=2))
-        write_safetensors(state, tmp)
+        if trained.plan is not None:
+            summary = export_gts(trained, tmp, side, tolerance, log)
+        else:
+            state = megatron_to_hf(unwrap(trained.build(None)).state_dict(), model_cfg)
+            config = hf_config_from_model(arch, model_cfg, token_ids(side))
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            write_safetensors(state, tmp)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutdown_runtime()
-    log(f"wrote {out} ({arch}, {sum(t.numel() for t in state.values()) / 1e6:.2f}M parameters)")
-    return out
+    log(f"wrote {out}")
+    return summary

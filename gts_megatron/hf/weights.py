@@ -136,8 +136,15 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], model: ModelConfig, source: str)
     return out
 
 
-def megatron_to_hf(state: dict[str, torch.Tensor], model: ModelConfig) -> dict[str, torch.Tensor]:
-    """HF tensors (vocabulary unpadded) from a dense megatron GPTModel's full state."""
+def _mlp_to_hf(state: dict, src: str, dst: str) -> dict[str, torch.Tensor]:
+    gate, up = state[f"{src}linear_fc1.weight"].chunk(2)
+    return {f"{dst}gate_proj.weight": gate, f"{dst}up_proj.weight": up, f"{dst}down_proj.weight": state[f"{src}linear_fc2.weight"]}
+
+
+def megatron_to_hf(state: dict[str, torch.Tensor], model: ModelConfig, moe_layers=(), num_experts: int = 0
+                   ) -> dict[str, torch.Tensor]:
+    """HF tensors (vocabulary unpadded) from a megatron GPTModel's full state; in ``moe_layers``
+    the router and each expert (``model.layers.N.mlp.router`` / ``.experts.E.*``)."""
     heads, groups = model.num_attention_heads, model.num_query_groups or model.num_attention_heads
     v = model.vocab_size
     out = {"model.embed_tokens.weight": state["embedding.word_embeddings.weight"][:v],
@@ -153,7 +160,10 @@ def megatron_to_hf(state: dict[str, torch.Tensor], model: ModelConfig) -> dict[s
         out[f"{dst}self_attn.o_proj.weight"] = state[f"{src}self_attention.linear_proj.weight"]
         out[f"{dst}input_layernorm.weight"] = state[f"{src}input_layernorm.weight"]
         out[f"{dst}post_attention_layernorm.weight"] = state[f"{src}pre_mlp_layernorm.weight"]
-        gate, up = state[f"{src}mlp.linear_fc1.weight"].chunk(2)
-        out.update({f"{dst}mlp.gate_proj.weight": gate, f"{dst}mlp.up_proj.weight": up,
-                    f"{dst}mlp.down_proj.weight": state[f"{src}mlp.linear_fc2.weight"]})
+        if i in moe_layers:
+            out[f"{dst}mlp.router.weight"] = state[f"{src}mlp.router.weight"]
+            for e in range(num_experts):
+                out.update(_mlp_to_hf(state, f"{src}mlp.experts.local_experts.{e}.", f"{dst}mlp.experts.{e}."))
+        else:
+            out.update(_mlp_to_hf(state, f"{src}mlp.", f"{dst}mlp."))
     return {k: t.contiguous().clone() for k, t in out.items()}
