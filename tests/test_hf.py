@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import assert_one_line_error, indexed_args, read_metrics, run_gts
+from tests.conftest import assert_one_line_error, indexed_args, read_metrics, run_gts, write_family_plan
 from tests.test_data_prepare import WORDS, documents, write_corpus
 
 COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -72,9 +72,9 @@ def test_import_equals_transformers_and_export_round_trips(tmp_path, family):
     assert import_hf(tmp_path / "exported", tmp_path / "again")["max_abs_logit_diff"] <= 1e-4
 
 
-def test_imported_checkpoint_loads_at_tp2_and_its_tokenizer_feeds_the_data_pipeline(tmp_path, families_data):
+def test_imported_qwen2_loads_at_tp2_and_exports_as_gts(tmp_path, families_data):
     """Qwen2 (QKV biases, sharded along the grouped QKV layout): the first training step's loss
-    is the same at TP=1 and TP=2."""
+    is the same at TP=1 and TP=2; expanded into a GtS model it exports on the Qwen2 remote code."""
     src = make_hf_model("qwen2", tmp_path / "hf")
     run_gts("import-hf", str(src), "--out", str(tmp_path / "imported"))
     losses = {}
@@ -85,6 +85,12 @@ def test_imported_checkpoint_loads_at_tp2_and_its_tokenizer_feeds_the_data_pipel
                 *indexed_args(families_data))
         losses[tp] = [m["loss"] for m in read_metrics(tmp_path / f"tp{tp}") if "loss" in m]
     assert len(losses[1]) == 1 and losses[2] == pytest.approx(losses[1], rel=1e-5)
+    # expanded into GtS, it exports on the Qwen2 remote code and passes the export's own check
+    plan = write_family_plan(families_data, tmp_path / "plan.json")
+    run_gts("expand", "--dense", str(tmp_path / "imported"), "--plan", str(plan), "--out", str(tmp_path / "moe"))
+    proc = run_gts("export-hf", str(tmp_path / "moe"), "--out", str(tmp_path / "gts"))
+    assert proc.stdout.count("greedy generation identical") == 2
+    assert json.loads((tmp_path / "gts" / "config.json").read_text())["architectures"] == ["GtsQwen2ForCausalLM"]
 
 
 def test_the_imported_tokenizer_is_the_one_the_data_pipeline_checks(tmp_path):

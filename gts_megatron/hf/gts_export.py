@@ -75,16 +75,16 @@ def export_gts(trained, tmp: Path, side: Optional[Path], tolerance: float, log) 
     from gts_megatron.engine.checkpoint import unwrap
 
     cfg, plan = trained.config, trained.plan
-    if cfg.qkv_bias:
-        raise GtsError(f"{trained.path}: exporting a GtS model with QKV biases (Qwen2-based) is not supported; "
-                       f"Llama- and Mistral-based GtS models are")
     routing = trained.routing("auto")
     model = trained.build(routing)
     state = megatron_to_hf(unwrap(model).state_dict(), cfg, plan.moe_layers, plan.num_experts)
-    config = hf_config_from_model("LlamaForCausalLM", cfg, token_ids(side))
+    # Llama- and Mistral-based GtS models share the Llama code; Qwen2's has its QKV biases
+    base, name = ("Qwen2ForCausalLM", "GtsQwen2") if cfg.qkv_bias else ("LlamaForCausalLM", "Gts")
+    config = hf_config_from_model(base, cfg, token_ids(side))
     config.update(
-        architectures=["GtsForCausalLM"], model_type="gts_llama",
-        auto_map={"AutoConfig": "configuration_gts.GtsConfig", "AutoModelForCausalLM": "modeling_gts.GtsForCausalLM"},
+        architectures=[f"{name}ForCausalLM"], model_type="gts_qwen2" if cfg.qkv_bias else "gts_llama",
+        auto_map={"AutoConfig": f"configuration_gts.{name}Config",
+                  "AutoModelForCausalLM": f"modeling_gts.{name}ForCausalLM"},
         moe_layers=sorted(plan.moe_layers), num_experts=plan.num_experts, languages=list(plan.languages),
         language_to_group=dict(plan.language_to_group), group_to_expert=list(plan.group_to_expert),
         routing=routing, moe_top_k=trained.topk(routing))

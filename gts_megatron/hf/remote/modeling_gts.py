@@ -11,20 +11,32 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaForCausalLM
-from transformers.models.llama.modeling_llama import LlamaMLP
+from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
-from .configuration_gts import GtsConfig
+from .configuration_gts import GtsConfig, GtsQwen2Config
+
+
+class GtsExpert(nn.Module):
+    """One expert: the SwiGLU MLP of the dense model it was copied from."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class GtsMoE(nn.Module):
     """Router (linear, no bias) and one SwiGLU expert per language group."""
 
-    def __init__(self, config: GtsConfig):
+    def __init__(self, config):
         super().__init__()
         self.config = config
         self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        self.experts = nn.ModuleList(LlamaMLP(config) for _ in range(config.num_experts))
+        self.experts = nn.ModuleList(GtsExpert(config) for _ in range(config.num_experts))
         self.group_ids: Optional[torch.Tensor] = None  # [batch], set by GtsForCausalLM.forward
 
     def _weights(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -56,12 +68,11 @@ class GtsMoE(nn.Module):
         return out
 
 
-class GtsForCausalLM(LlamaForCausalLM):
-    """Llama whose MLPs in ``config.moe_layers`` are :class:`GtsMoE` layers."""
+class _GtsModel:
+    """What the Llama and Qwen2 variants share (a mixin before their transformers base class):
+    MoE MLPs in ``config.moe_layers``, and the forward pass's group ids handed to them."""
 
-    config_class = GtsConfig
-
-    def __init__(self, config: GtsConfig):
+    def __init__(self, config):
         super().__init__(config)
         for layer in config.moe_layers:
             self.model.layers[layer].mlp = GtsMoE(config)
@@ -81,3 +92,15 @@ class GtsForCausalLM(LlamaForCausalLM):
         for layer in self.config.moe_layers:
             self.model.layers[layer].mlp.group_ids = group_ids
         return super().forward(input_ids=input_ids, **kwargs)
+
+
+class GtsForCausalLM(_GtsModel, LlamaForCausalLM):
+    """Llama whose MLPs in ``config.moe_layers`` are :class:`GtsMoE` layers."""
+
+    config_class = GtsConfig
+
+
+class GtsQwen2ForCausalLM(_GtsModel, Qwen2ForCausalLM):
+    """Qwen2 (QKV biases) whose MLPs in ``config.moe_layers`` are :class:`GtsMoE` layers."""
+
+    config_class = GtsQwen2Config
