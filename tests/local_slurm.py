@@ -54,7 +54,8 @@ def _alive(pid: int) -> bool:
 
 
 class LocalSlurm:
-    """One node (this machine, as 127.0.0.1) in partition ``debug``; ``env`` holds SLURM_CONF."""
+    """One node (this machine, as 127.0.0.1) in partition ``debug`` (default) and ``urgent``,
+    whose jobs preempt (requeue) ``debug`` jobs; ``env`` holds SLURM_CONF."""
 
     def __init__(self, base: Path):
         self.base = base.resolve()  # daemons chdir("/"): every path they get must be absolute
@@ -96,7 +97,7 @@ class LocalSlurm:
         state = ""
         while time.monotonic() < deadline:
             out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=self.env)
-            state = out.stdout.strip()
+            state = (out.stdout.split() or [""])[0]  # one line per partition the node is in
             if state in ("idle", "mixed", "allocated"):
                 return self
             if state.startswith(("down", "drain")):
@@ -125,7 +126,11 @@ class LocalSlurm:
             "ReturnToService=2", "SlurmctldTimeout=30", "SlurmdTimeout=30", "InactiveLimit=0", "KillWait=5",
             "MinJobAge=300",
             f"NodeName={self.node} NodeAddr=127.0.0.1 {' '.join(hardware)} State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO",
+            # a job in "urgent" preempts one in "debug", which is then requeued after GraceTime
+            "PreemptType=preempt/partition_prio", "PreemptMode=REQUEUE",
+            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 "
+            "GraceTime=30",
+            "PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=2",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
 
