@@ -206,3 +206,10 @@ def test_gts_export_loads_with_trust_remote_code_and_keeps_the_function(tmp_path
                            dense.generate(tokens[:, :5], **greedy))
     with pytest.raises(KeyError, match="not in this model's plan"):
         gts(tokens, languages=["xx", "yy"])
+
+
+def test_a_checked_import_is_fp32(tmp_path, mistral_folder):
+    proc = run_gts("import-hf", str(mistral_folder), "--out", str(tmp_path / "out"), "--dtype", "bf16", check=False)
+    assert_one_line_error(proc, "--dtype bf16: the check against transformers compares fp32 logits",
+                          "--set model.dtype=bf16")
+    assert not (tmp_path / "out").exists()

@@ -30,9 +30,10 @@ def add_hf_parsers(sub) -> None:
     p.add_argument("source", help="HF checkpoint folder: config.json, model.safetensors or shards + index, tokenizer")
     p.add_argument("--out", required=True, help="checkpoint folder to write (iter_0000000, latest, config.yaml, hf/)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
-                   help="parameter dtype (default: the folder's torch_dtype; fp32 when verifying)")
+                   help="parameter dtype with --no-verify (default: the folder's torch_dtype); checked imports "
+                        "are fp32 (train in bf16 with --set model.dtype=bf16)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip comparing logits with transformers (then --dtype applies)")
+                   help="skip comparing logits with transformers (which holds a second fp32 copy of the model)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=cmd_import_hf)
 

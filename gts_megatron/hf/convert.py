@@ -28,7 +28,7 @@ HF_FILES_DIR = "hf"
 _DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def _tokenizer_record(folder: Path, hf: dict) -> Optional[dict]:
+def _tokenizer_record(folder: Path, log) -> Optional[dict]:
     """The tokenizer identity the data pipeline checks (as `gts data prepare --tokenizer` makes it)."""
     from gts_megatron.data.tokenizer import Tokenizer
 
@@ -36,10 +36,16 @@ def _tokenizer_record(folder: Path, hf: dict) -> Optional[dict]:
         if (folder / name).is_file():
             eos = None
             config = folder / "tokenizer_config.json"
-            if config.is_file():
-                eos = json.loads(config.read_text()).get("eos_token")
-                eos = eos.get("content") if isinstance(eos, dict) else eos
-            tok = Tokenizer(folder / name, eod_token=eos if name.endswith(".json") else None)
+            try:
+                eos = json.loads(config.read_text()).get("eos_token") if config.is_file() else None
+            except (ValueError, AttributeError):
+                eos = None  # an unreadable tokenizer_config.json: fall back to the usual end tokens
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            try:
+                tok = Tokenizer(folder / name, eod_token=eos if name.endswith(".json") else None)
+            except GtsError as exc:  # the weights are still worth importing; say why it is not recorded
+                log(f"note: the tokenizer is not recorded: {exc}")
+                return None
             return {"kind": tok.kind, "sha256": tok.sha256, "vocab_size": tok.vocab_size, "eod": tok.eod,
                     "file": name}
     return None
@@ -85,12 +91,14 @@ def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = 
 
     hf = read_hf_config(src)
     arch, model_cfg = model_config_from_hf(hf, str(src / "config.json"))
-    chosen = dtype or _DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype")), "fp32")
-    if verify:
-        chosen = "fp32"  # the check compares fp32 logits
+    if verify and dtype not in (None, "fp32"):
+        raise GtsError(f"--dtype {dtype}: the check against transformers compares fp32 logits; import in fp32 "
+                       f"and train with --set model.dtype={dtype}, or pass --no-verify")
+    # checked imports are fp32; unchecked ones keep the folder's dtype unless told otherwise
+    chosen = "fp32" if verify else dtype or _DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype")), "fp32")
     model_cfg = model_cfg.model_copy(update={"dtype": chosen})
     state = hf_to_megatron(read_safetensors(src), model_cfg, str(src))
-    tokenizer = _tokenizer_record(src, hf)
+    tokenizer = _tokenizer_record(src, log)
     # megatron is imported only now: bad input above fails fast
     from gts_megatron.engine.checkpoint import save_checkpoint, unwrap
     from gts_megatron.model.llama import build_model, count_parameters, transformer_config
