@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from gts_megatron.config import ParallelConfig
+from gts_megatron.artifacts import staged_directory
 from gts_megatron.errors import GtsError
 from gts_megatron.hf.config_map import (FAMILIES, hf_config_from_model, model_config_from_hf, read_hf_config,
                                          token_ids)
@@ -69,17 +69,9 @@ def hf_logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens).logits.float()
 
 
-def _fresh_output(out: Path, force: bool) -> Path:
+def _check_output(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()) and not force:
         raise GtsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
 
 
 def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = True, force: bool = False,
@@ -106,41 +98,42 @@ def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = 
 
     log(f"importing {arch} from {src}: {model_cfg.num_layers} layers, hidden {model_cfg.hidden_size}, "
         f"{count_parameters(model_cfg) / 1e6:.2f}M parameters ({chosen})")
-    tmp = _fresh_output(out, force)
+    _check_output(out, force)
     summary = {"architecture": arch, "source": str(src.resolve()), "dtype": chosen}
     runtime = init_runtime(ParallelConfig(), 1234)
     try:
-        if runtime.env.world_size != 1:
-            raise GtsError("gts import-hf runs in one process; its checkpoint loads at any layout afterwards")
-        model = build_model(model_cfg, transformer_config(model_cfg, ParallelConfig()))
-        result = unwrap(model).load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-        if missing or result.unexpected_keys:
-            raise GtsError(f"{src}: the converted weights do not fit the model (missing {missing[:3]}, "
-                           f"unexpected {result.unexpected_keys[:3]})")
-        model.eval()
-        if verify:
-            tokens = torch.randint(0, model_cfg.vocab_size, (2, min(64, model_cfg.max_seq_length)),
-                                   generator=torch.Generator().manual_seed(0))
-            diff = float((megatron_logits(model, tokens, model_cfg.vocab_size) - hf_logits(src, tokens)).abs().max())
-            summary["max_abs_logit_diff"] = diff
-            log(f"logits vs transformers on {tuple(tokens.shape)} random tokens: max |diff| {diff:.2e}")
-            if not diff <= tolerance:
-                raise GtsError(f"{src}: the imported model's logits differ from transformers' by {diff:.2e} "
-                               f"(more than {tolerance:g}); nothing was written")
-        files = tmp / HF_FILES_DIR
-        files.mkdir()
-        for name in SIDE_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, files / name)
-        (files / "config.json").write_text(json.dumps(hf, indent=2))
-        save_checkpoint(tmp, 0, model, None, None, {"step": 0, "consumed_samples": 0}, model_cfg, keep=1,
-                        record={"stage": "import", "tokenizer": tokenizer,
-                                "hf": {"architecture": arch, "source": summary["source"]}})
-        (tmp / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg.model_dump(mode="json")}, sort_keys=False))
-        _publish(tmp, out)
+        with staged_directory(out) as tmp:
+            if runtime.env.world_size != 1:
+                raise GtsError("gts import-hf runs in one process; its checkpoint loads at any layout afterwards")
+            model = build_model(model_cfg, transformer_config(model_cfg, ParallelConfig()))
+            result = unwrap(model).load_state_dict(state, strict=False)
+            missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+            if missing or result.unexpected_keys:
+                raise GtsError(f"{src}: the converted weights do not fit the model (missing {missing[:3]}, "
+                               f"unexpected {result.unexpected_keys[:3]})")
+            model.eval()
+            if verify:
+                tokens = torch.randint(0, model_cfg.vocab_size, (2, min(64, model_cfg.max_seq_length)),
+                                       generator=torch.Generator().manual_seed(0))
+                ours = megatron_logits(model, tokens, model_cfg.vocab_size)
+                diff = float((ours - hf_logits(src, tokens)).abs().max())
+                summary["max_abs_logit_diff"] = diff
+                log(f"logits vs transformers on {tuple(tokens.shape)} random tokens: max |diff| {diff:.2e}")
+                if not diff <= tolerance:
+                    raise GtsError(f"{src}: the imported model's logits differ from transformers' by {diff:.2e} "
+                                   f"(more than {tolerance:g}); nothing was written")
+            files = tmp / HF_FILES_DIR
+            files.mkdir()
+            for name in SIDE_FILES:
+                if (src / name).is_file():
+                    shutil.copy2(src / name, files / name)
+            (files / "config.json").write_text(json.dumps(hf, indent=2))
+            save_checkpoint(tmp, 0, model, None, None, {"step": 0, "consumed_samples": 0}, model_cfg, keep=1,
+                            record={"stage": "import", "tokenizer": tokenizer,
+                                    "hf": {"architecture": arch, "source": summary["source"]}})
+            model_yaml = yaml.safe_dump({"model": model_cfg.model_dump(mode="json")}, sort_keys=False)
+            (tmp / "config.yaml").write_text(model_yaml)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         shutdown_runtime()
     log(f"wrote {out}/iter_0000000 (train from it with --config {out}/config.yaml "
         f"--set train.init_from={out}" + (f"; its tokenizer: {out}/{HF_FILES_DIR}/{tokenizer['file']})"
@@ -172,26 +165,25 @@ def export_hf(checkpoint: Path, out: Path, architecture: Optional[str] = None, t
                        f"so it is a {'Qwen2' if model_cfg.qkv_bias else 'Llama or Mistral'} model")
     side = tokenizer_dir or next((d / HF_FILES_DIR for d in (ckpt.parent, ckpt.parent.parent)
                                   if (d / HF_FILES_DIR).is_dir()), None)
-    tmp = _fresh_output(out, force)
+    _check_output(out, force)
     runtime = init_runtime(ParallelConfig(), 1234)
     summary = {}
     try:
-        if runtime.env.world_size != 1:
-            raise GtsError("gts export-hf runs in one process")
-        if side is not None:
-            for name in SIDE_FILES:
-                if (side / name).is_file():
-                    shutil.copy2(side / name, tmp / name)
-        if trained.plan is not None:
-            summary = export_gts(trained, tmp, side, tolerance, log)
-        else:
-            state = megatron_to_hf(unwrap(trained.build(None)).state_dict(), model_cfg)
-            config = hf_config_from_model(arch, model_cfg, token_ids(side))
-            (tmp / "config.json").write_text(json.dumps(config, indent=2))
-            write_safetensors(state, tmp)
-        _publish(tmp, out)
+        with staged_directory(out) as tmp:
+            if runtime.env.world_size != 1:
+                raise GtsError("gts export-hf runs in one process")
+            if side is not None:
+                for name in SIDE_FILES:
+                    if (side / name).is_file():
+                        shutil.copy2(side / name, tmp / name)
+            if trained.plan is not None:
+                summary = export_gts(trained, tmp, side, tolerance, log)
+            else:
+                state = megatron_to_hf(unwrap(trained.build(None)).state_dict(), model_cfg)
+                config = hf_config_from_model(arch, model_cfg, token_ids(side))
+                (tmp / "config.json").write_text(json.dumps(config, indent=2))
+                write_safetensors(state, tmp)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         shutdown_runtime()
     log(f"wrote {out}")
     return summary
