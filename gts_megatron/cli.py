@@ -13,7 +13,8 @@ from gts_megatron.errors import GtsError, Interrupted
 # and torch's checkpoint code warns about its own APIs that megatron-core 0.16.1 calls
 for _pattern in (r".*Apex is not installed.*", r".*Transformer Engine and Apex are not installed.*",
                  r".*full scope is deprecated.*", r".*`load_state_dict` is deprecated.*",
-                 r".*Please use DTensor instead.*", r".*`save_state_dict` is deprecated.*"):
+                 r".*Please use DTensor instead.*", r".*`save_state_dict` is deprecated.*",
+                 r".*all_gather_into_tensor. is deprecated.*"):
     warnings.filterwarnings("ignore", message=_pattern)
 
 
@@ -199,12 +200,17 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    """GtS vs dense training step time at equal active parameters (same process, alternating)."""
-    from gts_megatron.bench.train import bench_train, report
+    """Training throughput of dense, GtS (three dispatchers), the authors' HF + ZeRO and DeepSpeed-MoE."""
+    if args.workspace:  # a launched worker of the benchmark below
+        from gts_megatron.bench.train.worker import run_worker
 
-    print(report(bench_train(args.preset, args.experts, args.steps, dispatcher=args.dispatcher,
-                             micro_batch_size=args.micro_batch_size, seq_length=args.seq_length,
-                             work_dir=Path(args.work_dir) if args.work_dir else None)))
+        run_worker(Path(args.workspace))
+        return 0
+    from gts_megatron.bench.train import bench_train
+    from gts_megatron.bench.train.report import report
+    from gts_megatron.config.bench import BenchTrainConfig
+
+    print(report(bench_train(field_options(BenchTrainConfig, args), log=lambda line: print(line, flush=True))))
     return 0
 
 
@@ -333,13 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-restricted", action="store_true", help="all 22 languages")
     p.set_defaults(func=cmd_bench_data)
     p = bench.add_parser("train", help=cmd_bench_train.__doc__)
-    p.add_argument("--preset", default="small", help="model preset (default small)")
-    p.add_argument("--experts", type=int, default=4, help="experts (= language groups) per MoE layer")
-    p.add_argument("--steps", type=int, default=30, help="measured steps per model (after 5 warm-up steps)")
-    p.add_argument("--dispatcher", choices=["group", "alltoall", "allgather"], default="group")
-    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per micro-batch (2 per step)")
-    p.add_argument("--seq-length", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--work-dir", help="where to put the temporary runs (default: the system temp dir)")
+    from gts_megatron.config.bench import BenchTrainConfig
+
+    add_field_flags(p, BenchTrainConfig, list(BenchTrainConfig.model_fields))
+    p.add_argument("--workspace", help=argparse.SUPPRESS)  # set by the launcher for its workers
     p.set_defaults(func=cmd_bench_train)
     p = bench.add_parser("dispatch", help=cmd_bench_dispatch.__doc__)
     p.add_argument("--hidden", type=_int_list, default=[2048, 4096, 8192], help="hidden sizes (comma-separated)")

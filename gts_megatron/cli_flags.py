@@ -34,7 +34,8 @@ def add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> No
         if typing.get_origin(field.annotation) is Literal:
             choices = typing.get_args(field.annotation)
             p.add_argument(flag, type=type(choices[0]), choices=choices, help=help_text)
-        elif field.annotation in (list[str], Optional[list[str]]) or typing.get_origin(field.annotation) is list:
+        elif list in (typing.get_origin(field.annotation),
+                      *(typing.get_origin(a) for a in typing.get_args(field.annotation))):  # [Optional] list
             p.add_argument(flag, type=comma_list, help=help_text)
         else:
             kind = next((t for t in (int, float) if field.annotation in (t, Optional[t])), str)

@@ -1,24 +1,88 @@
 """The benchmark harnesses run end to end and report what they measured (figures are not
 asserted: speed goals are checked by reading the benchmarks, not by timed tests)."""
 import json
+import signal
+import subprocess
 
 import pytest
 
-from tests.conftest import run_gts
+from tests.conftest import assert_one_line_error, gts_cmd, gts_env, run_gts
 
 
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def test_bench_train_reports_a_same_run_ratio(tmp_path):
-    out = run_gts("bench", "train", "--preset", "tiny", "--experts", "2", "--steps", "3",
-                  "--micro-batch-size", "2", "--seq-length", "32", "--work-dir", str(tmp_path))
-    result = last_json(out.stdout)
-    assert result["moe_layers"] == [1] and result["steps_measured"] == 3
-    assert result["gts_active_parameters"] - result["dense_parameters"] == 2 * 64  # the router only
-    assert abs(result["ratio"] - result["gts_step_s"] / result["dense_step_s"]) < 0.02
-    assert list(tmp_path.iterdir()) == []  # its temporary runs are gone
+ALL_ARMS = ["dense", "gts-alltoall", "gts-group", "gts-placement", "authors-zero", "deepspeed-moe"]
+TINY_BENCH = ["--preset", "tiny", "--experts", "2", "--micro-batch-size", "2", "--seq-length", "32"]
+
+
+def test_bench_train_measures_every_arm_at_ep2(tmp_path):
+    out = tmp_path / "result.json"
+    work = tmp_path / "work"
+    proc = run_gts("bench", "train", *TINY_BENCH, "--steps", "3", "--warmup", "1", "--nproc-per-node", "2",
+                   "--expert", "2", "--out", str(out), "--work-dir", str(work))
+    result = json.loads(out.read_text())
+    assert last_json(proc.stdout) == result
+    arms = result["arms"]
+    assert list(arms) == ALL_ARMS and result["world_size"] == 2 and result["moe_layers"] == [1]
+    tokens, peak = result["tokens_per_step"], result["peak_flops_per_device"]
+    assert tokens == 2 * 2 * 2 * 32 and peak > 0 and result["peak_measured"]
+    for name, arm in arms.items():
+        assert arm["min_s"] <= arm["p25_s"] <= arm["median_s"] <= arm["p75_s"] <= arm["max_s"], name
+        assert arm["tokens_per_s"] == pytest.approx(tokens / arm["median_s"])
+        assert arm["mfu"] == pytest.approx(result["flops_per_token"] * tokens / arm["median_s"] / (2 * peak))
+        assert arm["vs_dense"] == pytest.approx(arm["tokens_per_s"] / arms["dense"]["tokens_per_s"])
+        assert arm["peak_memory_bytes"] > 4 * result["dense_parameters"] / 2, name  # weights, grads, Adam
+        split = arm["split_s"]
+        assert set(split) == {"attention", "dense_mlp", "moe_dispatch", "experts", "other"}
+        assert split["attention"] > 0 and split["dense_mlp"] > 0, name
+        moe = name != "dense"
+        assert (split["experts"] > 0) == moe and (split["moe_dispatch"] > 0) == moe, (name, split)
+    # the same weights and the same first batch: group routing through expanded experts, whole
+    # or per token, computes the dense function (placement reads other samples: its own languages)
+    first = arms["dense"]["first_loss"]
+    for name in ("gts-alltoall", "gts-group", "authors-zero"):
+        assert arms[name]["first_loss"] == pytest.approx(first, rel=1e-5), name
+    assert arms["deepspeed-moe"]["first_loss"] != pytest.approx(first, rel=1e-5)  # its gate weighs experts
+    assert result["ratios"]["gts-placement / authors-zero"] == pytest.approx(
+        arms["gts-placement"]["tokens_per_s"] / arms["authors-zero"]["tokens_per_s"])
+    assert "| gts-placement |" in proc.stdout and "tokens/s gts-group / dense" in proc.stdout
+    assert list(work.iterdir()) == []  # the temporary models and data are gone
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--steps", "0"], ["steps 0", "at least 1 timed step"]),
+    (["--peak-tflops", "0"], ["peak_tflops 0", "positive"]),
+    (["--expert", "2"], ["expert 2 does not divide the 1 processes"]),
+    (["--nproc-per-node", "2", "--expert", "2", "--experts", "3"], ["3 experts", "2 expert-parallel ranks"]),
+    (["--arms", "gts-placement"], ["gts-placement needs expert > 1"]),
+    (["--arms", "dense,zero"], ["arms", "zero"]),
+    (["--nproc-per-node", "2", "--tensor", "2", "--global-batch-size", "6"], ["global_batch_size 6", "DeepSpeed"]),
+    (["--preset", "huge"], ["unknown preset 'huge'"]),
+])
+def test_bench_train_refuses_meaningless_runs(tmp_path, flags, fragments):
+    out = tmp_path / "result.json"
+    proc = run_gts("bench", "train", *TINY_BENCH, *flags, "--out", str(out), "--work-dir", str(tmp_path / "w"),
+                   check=False)
+    assert_one_line_error(proc, *fragments)
+    assert not out.exists() and not any((tmp_path / "w").glob("*"))
+
+
+def test_bench_train_interrupted_reports_nothing(tmp_path):
+    """Ctrl-C in the middle of the timed steps: exit 130, no figures, no temporary files left."""
+    out = tmp_path / "result.json"
+    proc = subprocess.Popen(gts_cmd("bench", "train", *TINY_BENCH, "--steps", "2000", "--out", str(out),
+                                    "--work-dir", str(tmp_path / "w")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=gts_env())
+    for line in proc.stdout:
+        if line.startswith("step 10/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest
+    assert not out.exists() and not any((tmp_path / "w").glob("*"))
+    assert "Traceback" not in rest
 
 
 def test_bench_data_times_every_phase(tmp_path):

@@ -1,0 +1,157 @@
+"""One process of `gts bench train`: builds every arm (measuring its peak memory), steps them in
+turn, times each module for the split, and (rank 0) writes the result. The result file appears
+only when every arm has finished every step on every rank: a failed or interrupted run leaves
+no figures behind."""
+from __future__ import annotations
+
+import gc
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.bench import machine
+from gts_megatron.bench.train.arms import build_arm
+from gts_megatron.bench.train.measure import (ModuleTimer, flops_per_token, measure_peak_flops, peak_tensor_bytes,
+                                              spread, time_split)
+from gts_megatron.bench.train.workspace import Workspace
+from gts_megatron.errors import GtsError
+
+MEMORY_STEPS = 2  # steps inside the memory window: the second holds optimizer state and activations
+
+
+def _log(runtime, message: str) -> None:
+    if runtime.is_main:
+        print(message, flush=True)
+
+
+def _reduce(values: list[float], device: torch.device, op) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
+def _build_all(ws: Workspace, runtime, opts) -> dict:
+    """{arm name: (arm, peak tensor bytes, first step's loss)}, each arm built and stepped inside
+    its memory window. The first loss, the mean over ranks, shows the arms start from the same
+    weights: under group routing the expansion computes the dense model's function."""
+    arms = {}
+    for name in opts.arm_names:
+        holder = {}
+
+        def build_and_step():
+            holder["arm"] = build_arm(name, ws, runtime, opts.dtype)
+            holder["losses"] = [holder["arm"].step()[1] for _ in range(MEMORY_STEPS)]
+
+        gc.collect()  # earlier arms' garbage must not be freed inside this arm's window
+        peak = peak_tensor_bytes(build_and_step, runtime.device)
+        peak = _reduce([peak], runtime.device, dist.ReduceOp.MAX)[0]  # the fullest rank
+        loss = _reduce([holder["losses"][0]], runtime.device, dist.ReduceOp.SUM)[0] / runtime.env.world_size
+        arms[name] = (holder["arm"], int(peak), loss)
+        _log(runtime, f"built {name} (peak tensor memory {peak / 2**20:.1f} MiB per rank; first loss {loss:.5f})")
+    return arms
+
+
+def _timed_steps(arms: dict, runtime, opts) -> dict[str, list[float]]:
+    """Warm-up then timed steps, the arms taking turns (each step starts with the next arm)."""
+    names = list(arms)
+    times = {name: [] for name in names}
+    total = opts.warmup + opts.steps
+    for step in range(total):
+        k = step % len(names)
+        for name in names[k:] + names[:k]:
+            seconds, loss = arms[name][0].step()
+            if not math.isfinite(loss):
+                raise GtsError(f"arm {name}: loss {loss} at step {step + 1}; a diverged run reports no figures")
+            if step >= opts.warmup:
+                times[name].append(seconds)
+        if (step + 1) % 10 == 0 or step + 1 == total:
+            _log(runtime, f"step {step + 1}/{total} ({'timed' if step >= opts.warmup else 'warm-up'})")
+    # a step lasts as long as its slowest rank
+    return {name: _reduce(values, runtime.device, dist.ReduceOp.MAX) for name, values in times.items()}
+
+
+def _split(arm, runtime, steps: int) -> dict[str, float]:
+    """Seconds per step by module category, over ``steps`` extra hooked steps, mean over ranks."""
+    if steps == 0:
+        return {}
+    timer = ModuleTimer(runtime.device)
+    arm.watch(timer)
+    try:
+        total = sum(arm.step()[0] for _ in range(steps))
+    finally:
+        timer.close()
+    split = time_split({k: v / steps for k, v in timer.seconds.items()}, total / steps)
+    means = _reduce(list(split.values()), runtime.device, dist.ReduceOp.SUM)
+    return {k: v / runtime.env.world_size for k, v in zip(split, means)}
+
+
+def _peak_flops(runtime, opts) -> tuple[float, bool]:
+    """Peak FLOP/s of one device: given, or the mean over ranks of a matmul measured on all at once."""
+    if opts.peak_tflops is not None:
+        return opts.peak_tflops * 1e12, False
+    dtype = torch.bfloat16 if opts.dtype == "bf16" else torch.float32
+    dist.barrier()
+    measured = measure_peak_flops(runtime.device, dtype)
+    return _reduce([measured], runtime.device, dist.ReduceOp.SUM)[0] / runtime.env.world_size, True
+
+
+def _summary(ws: Workspace, opts, runtime, times, arms_built, splits, peak, measured) -> dict:
+    from gts_megatron.model.gts import moe_parameter_counts
+    from gts_megatron.model.llama import count_parameters
+    from gts_megatron.plan.plan_file import load_plan
+
+    model, plan = ws.run_config("dense").model, load_plan(ws.plan)
+    total, active = moe_parameter_counts(model, plan, topk=1)
+    tokens = opts.batch * opts.seq_length
+    flops = flops_per_token(model, opts.seq_length, len(plan.moe_layers), plan.num_experts)
+    world = runtime.env.world_size
+    arms = {}
+    for name, values in times.items():
+        stats = spread(values)
+        arms[name] = {**stats, "tokens_per_s": tokens / stats["median_s"],
+                      "mfu": flops * tokens / stats["median_s"] / (peak * world),
+                      "peak_memory_bytes": arms_built[name][1], "first_loss": arms_built[name][2],
+                      "split_s": splits.get(name, {})}
+    if "dense" in arms:
+        for entry in arms.values():
+            entry["vs_dense"] = entry["tokens_per_s"] / arms["dense"]["tokens_per_s"]
+    return {"benchmark": "train", "options": json.loads(opts.model_dump_json()),
+            "device": runtime.device.type, "world_size": world, "dense_parameters": count_parameters(model),
+            "gts_parameters": total, "gts_active_parameters": active, "moe_layers": sorted(plan.moe_layers),
+            "tokens_per_step": tokens, "flops_per_token": flops, "peak_flops_per_device": peak,
+            "peak_measured": measured, "arms": arms, "ratios": ratios(arms), **machine()}
+
+
+def ratios(arms: dict) -> dict[str, float]:
+    """Tokens/s ratios of the comparisons the benchmark exists for, where both arms ran."""
+    gts = next((a for a in ("gts-placement", "gts-group") if a in arms), None)
+    pairs = [("gts-group", "dense"), ("gts-group", "gts-alltoall"), ("gts-placement", "gts-group"),
+             (gts, "authors-zero"), (gts, "deepspeed-moe"), ("gts-alltoall", "dense")]
+    return {f"{a} / {b}": arms[a]["tokens_per_s"] / arms[b]["tokens_per_s"]
+            for a, b in pairs if a in arms and b in arms}
+
+
+def run_worker(root: Path) -> None:
+    """Measure every arm on this rank of the launched benchmark (collective)."""
+    from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
+
+    ws = Workspace(root)
+    opts = ws.options()
+    runtime = init_runtime(ws.run_config("gts-group").parallel, opts.seed)
+    try:
+        arms = _build_all(ws, runtime, opts)
+        times = _timed_steps(arms, runtime, opts)
+        splits = {name: _split(arm, runtime, opts.split_steps) for name, (arm, _, _) in arms.items()}
+        peak, measured = _peak_flops(runtime, opts)
+        result = _summary(ws, opts, runtime, times, arms, splits, peak, measured)
+        for arm, _, _ in arms.values():
+            arm.close()
+        if runtime.is_main:
+            atomic_write_text(ws.result, json.dumps(result, indent=1) + "\n")
+        dist.barrier()
+    finally:
+        shutdown_runtime()

@@ -1,0 +1,88 @@
+"""Typed options of `gts bench train` (its --flags), validated here and nowhere else."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from gts_megatron.config.run import _Section
+
+# megatron-core arms, then the DeepSpeed ones (the authors' approach; DeepSpeed-MoE's layer)
+ARMS = ("dense", "gts-alltoall", "gts-group", "gts-placement", "authors-zero", "deepspeed-moe")
+Arm = Literal["dense", "gts-alltoall", "gts-group", "gts-placement", "authors-zero", "deepspeed-moe"]
+DEEPSPEED_ARMS = ("authors-zero", "deepspeed-moe")
+
+
+class BenchTrainConfig(_Section):
+    """`gts bench train`: N warm-up and M timed training steps of each arm (dense, GtS under each
+    dispatcher, the authors' HF + DeepSpeed ZeRO approach, DeepSpeed-MoE), taking turns step by
+    step at equal model, batch and layout."""
+
+    preset: str = Field("small", description="model preset of the dense model (see `gts config presets`)")
+    experts: int = Field(4, ge=1, description="experts (= language groups) per MoE layer")
+    moe_every: int = Field(2, ge=1, description="every k-th layer (from layer 1) becomes an MoE layer")
+    arms: Optional[list[Arm]] = Field(
+        None, description=f"what to measure, of {', '.join(ARMS)}; null = every arm the layout allows "
+                          "(gts-placement needs expert > 1)")
+    steps: int = Field(30, description="timed steps per arm (at least 1)")
+    warmup: int = Field(5, ge=0, description="untimed steps per arm before the timed ones")
+    split_steps: int = Field(1, ge=0, description="extra steps per arm timed module by module for the time split")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per micro-batch")
+    global_batch_size: Optional[int] = Field(
+        None, ge=1, description="sequences per step; null = 2 micro-batches per data-parallel rank")
+    seq_length: int = Field(256, ge=8, description="tokens per sequence")
+    nproc_per_node: int = Field(1, ge=1, description="processes on this machine (gloo on CPU, NCCL on GPUs)")
+    tensor: int = Field(1, ge=1, description="tensor-parallel size of the megatron arms")
+    expert: int = Field(1, ge=1, description="expert-parallel size of the MoE arms")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="training precision")
+    peak_tflops: Optional[float] = Field(
+        None, description="peak TFLOP/s of one device for MFU; null = measure a matmul on each device")
+    out: Optional[str] = Field(None, description="also write the result JSON here")
+    work_dir: Optional[str] = Field(None, description="where the temporary models and data go")
+    seed: int = Field(1234, ge=0, description="seed of the weights and the data")
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> "BenchTrainConfig":
+        if self.steps < 1:
+            raise ValueError(f"steps {self.steps}: a benchmark needs at least 1 timed step")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"peak_tflops {self.peak_tflops}: a peak must be a positive number of TFLOP/s "
+                             "(leave it out to measure one)")
+        world = self.nproc_per_node
+        for name, size in (("tensor", self.tensor), ("expert", self.expert)):
+            if world % size:
+                raise ValueError(f"{name} {size} does not divide the {world} processes (--nproc-per-node)")
+        if self.experts % self.expert:
+            raise ValueError(f"expert {self.expert}: {self.experts} experts cannot be spread evenly over "
+                             f"{self.expert} expert-parallel ranks")
+        if self.arms is not None:
+            if not self.arms:
+                raise ValueError(f"arms is empty; choose from {', '.join(ARMS)}")
+            if "gts-placement" in self.arms and self.expert == 1:
+                raise ValueError("arm gts-placement needs expert > 1: with one expert-parallel rank there is "
+                                 "nothing to place")
+        if self.global_batch_size is not None:
+            for engine, dp in (("megatron", self.data_parallel), ("DeepSpeed", world)):
+                if self.global_batch_size % (self.micro_batch_size * dp):
+                    raise ValueError(
+                        f"global_batch_size {self.global_batch_size} must be a multiple of micro_batch_size "
+                        f"{self.micro_batch_size} x {engine} data-parallel size {dp}")
+        return self
+
+    @property
+    def data_parallel(self) -> int:
+        """Data-parallel size of the megatron arms (DeepSpeed's is the world size)."""
+        return self.nproc_per_node // self.tensor
+
+    @property
+    def batch(self) -> int:
+        """Sequences per optimizer step, the same for every arm."""
+        if self.global_batch_size is not None:
+            return self.global_batch_size
+        return 2 * self.micro_batch_size * self.nproc_per_node  # a multiple of both DP sizes
+
+    @property
+    def arm_names(self) -> list[str]:
+        """The arms to measure, in the order of :data:`ARMS`."""
+        wanted = self.arms or [a for a in ARMS if a != "gts-placement" or self.expert > 1]
+        return [a for a in ARMS if a in wanted]
