@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from gts_megatron.cli_flags import add_field_flags, comma_list, field_options
-from gts_megatron.errors import GtsError, Interrupted
+from gts_megatron.errors import GtsError, Interrupted, WorkersFailed
 
 # megatron-core announces every missing optional accelerator library; they are optional here
 # and torch's checkpoint code warns about its own APIs that megatron-core 0.16.1 calls
@@ -426,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
+    except WorkersFailed as exc:
+        return exc.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

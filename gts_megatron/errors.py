@@ -15,3 +15,12 @@ class Interrupted(Exception):
     def __init__(self, signum: int, where: str):
         super().__init__(f"stopped by signal {signum} during {where}; run the same command again to resume")
         self.signum = signum
+
+
+class WorkersFailed(Exception):
+    """Launched worker processes failed and their errors were already printed (one line each):
+    the command exits with their code and says nothing more."""
+
+    def __init__(self, code: int):
+        super().__init__(f"workers failed with exit code {code}")
+        self.code = code

@@ -39,16 +39,28 @@ def test_bench_train_measures_every_arm_at_ep2(tmp_path):
         assert split["attention"] > 0 and split["dense_mlp"] > 0, name
         moe = name != "dense"
         assert (split["experts"] > 0) == moe and (split["moe_dispatch"] > 0) == moe, (name, split)
-    # the same weights and the same first batch: group routing through expanded experts, whole
-    # or per token, computes the dense function (placement reads other samples: its own languages)
+    # the same weights and the same first batch (placement deals the same samples out by language):
+    # group routing through expanded experts, whole-batch or per token, computes the dense function
     first = arms["dense"]["first_loss"]
-    for name in ("gts-alltoall", "gts-group", "authors-zero"):
+    for name in ("gts-alltoall", "gts-group", "gts-placement", "authors-zero"):
         assert arms[name]["first_loss"] == pytest.approx(first, rel=1e-5), name
     assert arms["deepspeed-moe"]["first_loss"] != pytest.approx(first, rel=1e-5)  # its gate weighs experts
     assert result["ratios"]["gts-placement / authors-zero"] == pytest.approx(
         arms["gts-placement"]["tokens_per_s"] / arms["authors-zero"]["tokens_per_s"])
     assert "| gts-placement |" in proc.stdout and "tokens/s gts-group / dense" in proc.stdout
     assert list(work.iterdir()) == []  # the temporary models and data are gone
+
+
+def test_bench_train_sequential_arms_in_one_process(tmp_path):
+    """--sequential (models too large to hold together): each arm alone, then freed."""
+    result = last_json(run_gts("bench", "train", *TINY_BENCH, "--steps", "2", "--warmup", "0", "--sequential",
+                               "--arms", "gts-group,dense", "--peak-tflops", "0.5").stdout)
+    arms = result["arms"]
+    assert list(arms) == ["dense", "gts-group"] and result["world_size"] == 1
+    assert not result["peak_measured"] and result["peak_flops_per_device"] == 0.5e12
+    assert arms["gts-group"]["first_loss"] == pytest.approx(arms["dense"]["first_loss"], rel=1e-5)
+    assert arms["gts-group"]["peak_memory_bytes"] > arms["dense"]["peak_memory_bytes"]  # experts + router
+    assert list(result["ratios"]) == ["gts-group / dense"]
 
 
 @pytest.mark.parametrize("flags, fragments", [

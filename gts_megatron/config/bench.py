@@ -27,6 +27,9 @@ class BenchTrainConfig(_Section):
     steps: int = Field(30, description="timed steps per arm (at least 1)")
     warmup: int = Field(5, ge=0, description="untimed steps per arm before the timed ones")
     split_steps: int = Field(1, ge=0, description="extra steps per arm timed module by module for the time split")
+    sequential: bool = Field(
+        False, description="measure one arm at a time, freeing it before the next: for models too large to "
+                           "hold together (a 1B model's arms on one GPU); drift between arms is then not cancelled")
     micro_batch_size: int = Field(8, ge=1, description="sequences per micro-batch")
     global_batch_size: Optional[int] = Field(
         None, ge=1, description="sequences per step; null = 2 micro-batches per data-parallel rank")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config.bench import BenchTrainConfig
-from gts_megatron.errors import GtsError
+from gts_megatron.errors import WorkersFailed
 
 
 def bench_train(opts: BenchTrainConfig, log=print) -> dict:
@@ -36,8 +36,8 @@ def bench_train(opts: BenchTrainConfig, log=print) -> dict:
         ws = prepare(opts, Path(tmp), log)
         if opts.nproc_per_node > 1:
             code = launch_local(["bench", "train", "--workspace", tmp], opts.nproc_per_node)
-            if code:
-                raise GtsError(f"the benchmark's workers failed (exit {code}); no figures are reported")
+            if code:  # the workers' errors are printed; no figures are reported
+                raise WorkersFailed(code)
         else:
             run_worker(Path(tmp))
         result = read_result(ws)

@@ -53,17 +53,23 @@ def sync(device: torch.device) -> None:
 
 
 def peak_tensor_bytes(work: Callable[[], None], device: torch.device) -> int:
-    """The most tensor memory held at once while ``work`` runs, counted from the allocator's events
-    in torch's profiler (op by op; an op's own temporaries freed inside it are not seen). Run it
-    around building a model and two steps: parameters, gradients, optimizer state and activations."""
+    """The most tensor memory ``work`` holds at once, beyond what was allocated before it. Run it
+    around building a model and two steps: parameters, gradients, optimizer state, activations.
+    CUDA: the caching allocator's peak. CPU (no allocator statistics): the allocator's events in
+    torch's profiler, op by op (an op's own temporaries freed inside it are not seen)."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        work()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # kineto prints every start and stop otherwise
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
-    field = "self_device_memory_usage" if device.type == "cuda" else "self_cpu_memory_usage"
-    changes = sorted((e.time_range.start, getattr(e, field)) for e in prof.events() if getattr(e, field))
+    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
     held = peak = 0
     for _, change in changes:
         held += change

@@ -34,12 +34,12 @@ def _reduce(values: list[float], device: torch.device, op) -> list[float]:
     return tensor.tolist()
 
 
-def _build_all(ws: Workspace, runtime, opts) -> dict:
+def _build_all(ws: Workspace, runtime, opts, names: list[str]) -> dict:
     """{arm name: (arm, peak tensor bytes, first step's loss)}, each arm built and stepped inside
     its memory window. The first loss, the mean over ranks, shows the arms start from the same
     weights: under group routing the expansion computes the dense model's function."""
     arms = {}
-    for name in opts.arm_names:
+    for name in names:
         holder = {}
 
         def build_and_step():
@@ -99,7 +99,8 @@ def _peak_flops(runtime, opts) -> tuple[float, bool]:
     return _reduce([measured], runtime.device, dist.ReduceOp.SUM)[0] / runtime.env.world_size, True
 
 
-def _summary(ws: Workspace, opts, runtime, times, arms_built, splits, peak, measured) -> dict:
+def _summary(ws: Workspace, opts, runtime, times, arms_built: dict, splits, peak, measured) -> dict:
+    """The result: per arm (``arms_built``: {name: (peak memory, first loss)}) and ratios."""
     from gts_megatron.model.gts import moe_parameter_counts
     from gts_megatron.model.llama import count_parameters
     from gts_megatron.plan.plan_file import load_plan
@@ -114,7 +115,7 @@ def _summary(ws: Workspace, opts, runtime, times, arms_built, splits, peak, meas
         stats = spread(values)
         arms[name] = {**stats, "tokens_per_s": tokens / stats["median_s"],
                       "mfu": flops * tokens / stats["median_s"] / (peak * world),
-                      "peak_memory_bytes": arms_built[name][1], "first_loss": arms_built[name][2],
+                      "peak_memory_bytes": arms_built[name][0], "first_loss": arms_built[name][1],
                       "split_s": splits.get(name, {})}
     if "dense" in arms:
         for entry in arms.values():
@@ -143,13 +144,22 @@ def run_worker(root: Path) -> None:
     opts = ws.options()
     runtime = init_runtime(ws.run_config("gts-group").parallel, opts.seed)
     try:
-        arms = _build_all(ws, runtime, opts)
-        times = _timed_steps(arms, runtime, opts)
-        splits = {name: _split(arm, runtime, opts.split_steps) for name, (arm, _, _) in arms.items()}
+        # all arms at once (taking turns step by step), or one after another with --sequential
+        batches = [[name] for name in opts.arm_names] if opts.sequential else [opts.arm_names]
+        built, times, splits = {}, {}, {}
+        for names in batches:
+            arms = _build_all(ws, runtime, opts, names)
+            times.update(_timed_steps(arms, runtime, opts))
+            splits.update({name: _split(arm, runtime, opts.split_steps) for name, (arm, _, _) in arms.items()})
+            for name, (arm, memory, loss) in arms.items():
+                arm.close()
+                built[name] = (memory, loss)
+            del arms
+            gc.collect()
+            if runtime.device.type == "cuda":
+                torch.cuda.empty_cache()
         peak, measured = _peak_flops(runtime, opts)
-        result = _summary(ws, opts, runtime, times, arms, splits, peak, measured)
-        for arm, _, _ in arms.values():
-            arm.close()
+        result = _summary(ws, opts, runtime, times, built, splits, peak, measured)
         if runtime.is_main:
             atomic_write_text(ws.result, json.dumps(result, indent=1) + "\n")
         dist.barrier()
