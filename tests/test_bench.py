@@ -1,11 +1,15 @@
 """The benchmark harnesses run end to end and report what they measured (figures are not
 asserted: speed goals are checked by reading the benchmarks, not by timed tests)."""
 import json
+import re
 import signal
 import subprocess
 
 import pytest
 
+from gts_megatron.config import build_options
+from gts_megatron.config.bench import BenchTrainConfig
+from gts_megatron.errors import GtsError
 from tests.conftest import assert_one_line_error, gts_cmd, gts_env, run_gts
 
 
@@ -67,10 +71,6 @@ def test_bench_train_sequential_arms_in_one_process(tmp_path):
     (["--steps", "0"], ["steps 0", "at least 1 timed step"]),
     (["--peak-tflops", "0"], ["peak_tflops 0", "positive"]),
     (["--expert", "2"], ["expert 2 does not divide the 1 processes"]),
-    (["--nproc-per-node", "2", "--expert", "2", "--experts", "3"], ["3 experts", "2 expert-parallel ranks"]),
-    (["--arms", "gts-placement"], ["gts-placement needs expert > 1"]),
-    (["--arms", "dense,zero"], ["arms", "zero"]),
-    (["--nproc-per-node", "2", "--tensor", "2", "--global-batch-size", "6"], ["global_batch_size 6", "DeepSpeed"]),
     (["--preset", "huge"], ["unknown preset 'huge'"]),
 ])
 def test_bench_train_refuses_meaningless_runs(tmp_path, flags, fragments):
@@ -79,6 +79,20 @@ def test_bench_train_refuses_meaningless_runs(tmp_path, flags, fragments):
                    check=False)
     assert_one_line_error(proc, *fragments)
     assert not out.exists() and not any((tmp_path / "w").glob("*"))
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"nproc_per_node": 2, "expert": 2, "experts": 3}, "3 experts cannot be spread evenly over 2 expert-parallel"),
+    ({"nproc_per_node": 2, "tensor": 4}, "tensor 4 does not divide the 2 processes"),
+    ({"arms": ["gts-placement"]}, "gts-placement needs expert > 1"),
+    ({"arms": ["dense", "zero"]}, "--arms"),
+    ({"arms": []}, "arms is empty"),
+    ({"nproc_per_node": 2, "tensor": 2, "global_batch_size": 6, "micro_batch_size": 2},
+     "global_batch_size 6 must be a multiple of micro_batch_size 2 x DeepSpeed data-parallel size 2"),
+])
+def test_bench_train_options_refuse_impossible_layouts(values, fragment):
+    with pytest.raises(GtsError, match=re.escape(fragment)):
+        build_options(BenchTrainConfig, values)
 
 
 def test_bench_train_interrupted_reports_nothing(tmp_path):
