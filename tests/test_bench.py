@@ -145,3 +145,32 @@ def test_bench_dispatch_reports_every_method_and_ratio():
         assert row["vs_megatron"] == pytest.approx(row["group_permute_gbps"] / row["megatron_permute_gbps"], rel=0.02)
     bad = run_gts("bench", "dispatch", "--hidden", "0", check=False)
     assert bad.returncode != 0 and "positive integers" in bad.stderr
+
+
+def test_bench_train_a_diverged_arm_fails_the_run():
+    """A non-finite loss in any arm, at any step, fails the whole run (on every rank alike)."""
+    import types
+
+    import torch
+    import torch.distributed as dist
+
+    from gts_megatron.bench.train.worker import _timed_steps
+
+    class Arm:  # a stand-in whose loss turns NaN at its third step: the harness's check, not an engine's
+        def __init__(self, nan_at):
+            self.steps, self.nan_at = 0, nan_at
+
+        def step(self):
+            self.steps += 1
+            return 0.001, float("nan") if self.steps == self.nan_at else 1.0
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        runtime = types.SimpleNamespace(device=torch.device("cpu"), is_main=False)
+        opts = types.SimpleNamespace(warmup=1, steps=4)
+        with pytest.raises(GtsError, match="arm b: the loss was not finite"):
+            _timed_steps({"a": (Arm(0), 0, 1.0), "b": (Arm(3), 0, 1.0)}, runtime, opts)
+        times = _timed_steps({"a": (Arm(0), 0, 1.0)}, runtime, opts)
+        assert len(times["a"]) == 4  # timed steps only
+    finally:
+        dist.destroy_process_group()

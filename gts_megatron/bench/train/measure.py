@@ -31,9 +31,10 @@ def flops_per_token(model: ModelConfig, seq_length: int, moe_layers: int, expert
     return 6.0 * weights + 12.0 * model.num_layers * h * seq_length
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` on ``device``: the peak that MFU
-    is taken against when none is given."""
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best FLOP/s of a square matmul in ``dtype`` on ``device`` (8192 on a GPU, which smaller
+    ones leave idle; 2048 on a CPU): the peak that MFU is taken against when none is given."""
+    size = 8192 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")

@@ -60,16 +60,23 @@ def _timed_steps(arms: dict, runtime, opts) -> dict[str, list[float]]:
     names = list(arms)
     times = {name: [] for name in names}
     total = opts.warmup + opts.steps
+    diverged = len(names)  # index of the first arm whose loss was not finite on this rank
     for step in range(total):
         k = step % len(names)
         for name in names[k:] + names[:k]:
             seconds, loss = arms[name][0].step()
             if not math.isfinite(loss):
-                raise GtsError(f"arm {name}: loss {loss} at step {step + 1}; a diverged run reports no figures")
+                diverged = min(diverged, names.index(name))
             if step >= opts.warmup:
                 times[name].append(seconds)
         if (step + 1) % 10 == 0 or step + 1 == total:
             _log(runtime, f"step {step + 1}/{total} ({'timed' if step >= opts.warmup else 'warm-up'})")
+    # checked once at the end, on all ranks together: a per-step check would add a collective to
+    # every timed step, and a rank leaving alone would leave the others waiting
+    diverged = int(_reduce([diverged], runtime.device, dist.ReduceOp.MIN)[0])
+    if diverged < len(names):
+        raise GtsError(f"arm {names[diverged]}: the loss was not finite (NaN or inf) during the steps; "
+                       "a diverged run reports no figures")
     # a step lasts as long as its slowest rank
     return {name: _reduce(values, runtime.device, dist.ReduceOp.MAX) for name, values in times.items()}
 
