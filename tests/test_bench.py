@@ -24,7 +24,7 @@ TINY_BENCH = ["--preset", "tiny", "--experts", "2", "--micro-batch-size", "2", "
 def test_bench_train_measures_every_arm_at_ep2(tmp_path):
     out = tmp_path / "result.json"
     work = tmp_path / "work"
-    proc = run_gts("bench", "train", *TINY_BENCH, "--steps", "3", "--warmup", "1", "--nproc-per-node", "2",
+    proc = run_gts("bench", "train", *TINY_BENCH, "--steps", "3", "--warmup", "0", "--nproc-per-node", "2",
                    "--expert", "2", "--out", str(out), "--work-dir", str(work))
     result = json.loads(out.read_text())
     assert last_json(proc.stdout) == result
@@ -98,7 +98,8 @@ def test_bench_train_options_refuse_impossible_layouts(values, fragment):
 def test_bench_train_interrupted_reports_nothing(tmp_path):
     """Ctrl-C in the middle of the timed steps: exit 130, no figures, no temporary files left."""
     out = tmp_path / "result.json"
-    proc = subprocess.Popen(gts_cmd("bench", "train", *TINY_BENCH, "--steps", "2000", "--out", str(out),
+    proc = subprocess.Popen(gts_cmd("bench", "train", *TINY_BENCH, "--arms", "dense", "--steps", "2000",
+                                    "--out", str(out),
                                     "--work-dir", str(tmp_path / "w")),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=gts_env())
     for line in proc.stdout:
