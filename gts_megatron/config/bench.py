@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gts_megatron.config.run import _Section
 
@@ -44,12 +44,21 @@ class BenchTrainConfig(_Section):
     work_dir: Optional[str] = Field(None, description="where the temporary models and data go")
     seed: int = Field(1234, ge=0, description="seed of the weights and the data")
 
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from gts_megatron.config.loading import model_presets
+
+        if value not in model_presets():
+            raise ValueError(f"unknown preset {value!r}; valid presets: {', '.join(model_presets())}")
+        return value
+
     @model_validator(mode="after")
     def _meaningful(self) -> "BenchTrainConfig":
         if self.steps < 1:
             raise ValueError(f"steps {self.steps}: a benchmark needs at least 1 timed step")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
-            raise ValueError(f"peak_tflops {self.peak_tflops}: a peak must be a positive number of TFLOP/s "
+            raise ValueError(f"peak_tflops {self.peak_tflops:g}: a peak must be a positive number of TFLOP/s "
                              "(leave it out to measure one)")
         world = self.nproc_per_node
         for name, size in (("tensor", self.tensor), ("expert", self.expert)):
