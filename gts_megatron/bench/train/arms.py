@@ -157,11 +157,11 @@ class DeepSpeedArm:
 
     def __init__(self, name: str, ws: Workspace, runtime: Runtime, dtype: str):
         _quiet_deepspeed(runtime.device)
-        import deepspeed
         from transformers import AutoModelForCausalLM
 
         from gts_megatron.base.pretrain import build_dataset
         from gts_megatron.engine.loop import contiguous_order
+        from gts_megatron.probe.deepspeed_engine import adamw, deepspeed_engine
         from gts_megatron.train import check_moe
 
         cfg = ws.run_config("gts-group")
@@ -182,19 +182,11 @@ class DeepSpeedArm:
                 self.moe_layers.append(block.mlp)                                 # are consecutive ranks
             params = split_params_into_different_moe_groups_for_optimizer(
                 [{"params": list(model.parameters()), "name": "params"}])
-        optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                                      weight_decay=t.weight_decay)
         world, numel = runtime.env.world_size, sum(p.numel() for p in model.parameters())
-        os.environ.setdefault("LOCAL_RANK", str(runtime.env.local_rank))  # DeepSpeed insists on it
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config={
-            "train_micro_batch_size_per_gpu": t.micro_batch_size,
-            "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * world),
-            "gradient_clipping": t.clip_grad, "bf16": {"enabled": dtype == "bf16"},
-            # DeepSpeed's default 5e8-element buckets, but never larger than the model itself
-            "zero_optimization": {"stage": 2, "reduce_bucket_size": min(int(5e8), numel),
-                                  "allgather_bucket_size": min(int(5e8), numel)},
-            "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
-            "steps_per_print": 1 << 30})
+        # DeepSpeed's default 5e8-element buckets, but never larger than the model itself
+        zero = {"stage": 2, "reduce_bucket_size": min(int(5e8), numel), "allgather_bucket_size": min(int(5e8), numel)}
+        self.engine = deepspeed_engine(model, adamw(params, t), t, zero, data_parallel=world,
+                                       local_rank=runtime.env.local_rank, bf16=dtype == "bf16")
         self.dataset = build_dataset(cfg, ws.root / "runs" / name, plan.language_to_group)
         self.order = contiguous_order(dist.get_rank())
         self.name, self.cfg, self.runtime, self.samples = name, cfg, runtime, 0

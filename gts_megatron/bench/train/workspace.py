@@ -4,11 +4,13 @@ checkpoint, its GtS expansion (``gts expand``) and, for the DeepSpeed arms, that
 exported as a Hugging Face folder (``gts export-hf``). So all arms hold the same weights."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.bench import quiet
 from gts_megatron.config import RunConfig, SyntheticDataConfig, build_config
 from gts_megatron.config.bench import DEEPSPEED_ARMS, BenchTrainConfig
 from gts_megatron.plan.plan_file import Plan, write_plan
@@ -30,8 +32,9 @@ class Workspace:
     hf = property(lambda self: self.root / "hf")
     result = property(lambda self: self.root / RESULT_FILE)
 
+    @functools.cache
     def options(self) -> BenchTrainConfig:
-        """The validated options the workspace was prepared for."""
+        """The validated options the workspace was prepared for (read once)."""
         return BenchTrainConfig.model_validate_json((self.root / OPTIONS_FILE).read_text())
 
     def run_config(self, arm: str, dtype: str = "fp32") -> RunConfig:
@@ -55,9 +58,6 @@ class Workspace:
         return build_config(raw, f"gts bench train ({arm})")
 
 
-def _quiet(*_args) -> None:
-    pass
-
 
 def prepare(opts: BenchTrainConfig, root: Path, log) -> Workspace:
     """Write the workspace for ``opts`` into the empty folder ``root``. Runs in one process."""
@@ -73,7 +73,7 @@ def prepare(opts: BenchTrainConfig, root: Path, log) -> Workspace:
     model = ws.run_config("dense").model
     spec = SyntheticDataConfig(languages=2 * opts.experts, families=opts.experts, vocab_size=model.vocab_size,
                                documents=40, document_tokens=opts.seq_length + 1, seed=opts.seed)
-    manifest = write_synthetic(spec, ws.data, log=_quiet)
+    manifest = write_synthetic(spec, ws.data, log=quiet)
     families = sorted(set(manifest.families.values()))
     plan = Plan(languages=manifest.languages, num_experts=opts.experts, group_to_expert=list(range(opts.experts)),
                 language_to_group={lang: families.index(f) for lang, f in manifest.families.items()},
@@ -86,14 +86,14 @@ def prepare(opts: BenchTrainConfig, root: Path, log) -> Workspace:
         save_checkpoint(ws.dense, 0, dense, None, None, {"step": 0, "consumed_samples": 0}, model, keep=1)
     finally:
         shutdown_runtime()
-    expand(ws.dense, ws.plan, ws.gts, seed=opts.seed, log=_quiet)
+    expand(ws.dense, ws.plan, ws.gts, seed=opts.seed, log=quiet)
     if any(arm in DEEPSPEED_ARMS for arm in opts.arm_names):
         from transformers.utils import logging as hf_logging
 
         from gts_megatron.hf.convert import export_hf
 
         hf_logging.disable_progress_bar()
-        export_hf(ws.gts, ws.hf, log=_quiet)  # checks itself against the megatron model
+        export_hf(ws.gts, ws.hf, log=quiet)  # checks itself against the megatron model
     log(f"prepared {len(manifest.languages)} languages in {opts.experts} families, a dense "
         f"{opts.preset} model and its GtS expansion ({opts.experts} experts in layers {plan.moe_layers})")
     return ws
