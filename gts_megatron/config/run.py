@@ -182,6 +182,10 @@ class MoEConfig(_Section):
         False, description="group: let the router loss's gradient reach the layers below the router (the "
                            "paper's plain `LM + alpha * L_rc`); off, it trains the routers alone")
     topk: int = Field(2, ge=1, description="learned: experts per token")
+    handover: float = Field(
+        0.5, ge=0, le=1, description="learned: share of the stage's steps over which routing passes linearly from "
+                                     "group routing (stage 1's function, so the switch costs nothing) to the "
+                                     "learned top-k alone; 0 = switch at once (needs data with languages)")
     aux_loss_coeff: float = Field(0.02, ge=0, description="learned: load-balancing loss coefficient")
 
 

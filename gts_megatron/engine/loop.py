@@ -176,13 +176,15 @@ def _log_validation(log: RunLog, step: int, results: dict[str, dict]) -> Optiona
 def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Module,
           config: TransformerConfig, dataset, forward_step: ForwardStep = lm_forward_step,
           desc: str = "train", moe: Optional[dict] = None, save: bool = True,
-          record: Optional[dict] = None, order: Optional[SampleOrder] = None) -> TrainResult:
+          record: Optional[dict] = None, order: Optional[SampleOrder] = None,
+          before_step: Optional[Callable[[int], None]] = None) -> TrainResult:
     """Train ``model`` for ``cfg.train.steps`` optimizer steps, resuming ``run_dir`` if it has a
     checkpoint. Collective: every rank calls it with its own shard of the model. ``moe``
     describes an MoE model's layout; checkpoints record it and must agree with it. With
     ``save`` False nothing is written to ``checkpoints/`` (probes keep only what they measure).
     ``record`` goes into every checkpoint's meta.json (see :func:`ckpt.save_checkpoint`).
-    ``order`` picks each rank's training samples (default: :func:`contiguous_order`)."""
+    ``order`` picks each rank's training samples (default: :func:`contiguous_order`).
+    ``before_step(step)`` runs before each step (and each validation) with the steps done so far."""
     t = cfg.train
     per_rank = t.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)
     model = wrap_ddp(model, config, cfg.parallel.distributed_optimizer)
@@ -206,10 +208,13 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
     stop = StopRequest()
     order = order or contiguous_order(parallel_state.get_data_parallel_rank())
     last_saved, loss, path = state["step"] if resume_from else None, None, None
+    before_step = before_step or (lambda step: None)
     try:
+        before_step(state["step"])
         if t.eval_interval and resume_from is None and state["step"] < t.steps:  # the untrained baseline
             _log_validation(log, 0, evaluate(model, dataset, cfg, runtime, forward_step))
         while state["step"] < t.steps:
+            before_step(state["step"])
             started = time.perf_counter()
             data = micro_batches(dataset, order(state["consumed_samples"], per_rank), t.micro_batch_size,
                                  runtime.device)
@@ -242,6 +247,7 @@ def train(cfg: RunConfig, run_dir: Path, runtime: Runtime, model: torch.nn.Modul
                 log.message(f"stopped by signal {stop.signum} at step {state['step']}" + (
                     f"; checkpoint {path}; run the same command again to resume" if save else ""))
                 return TrainResult(state["step"], loss, None, None, stop.signum, path)
+            before_step(state["step"])
             if t.eval_interval and state["step"] % t.eval_interval == 0 and state["step"] < t.steps:
                 _log_validation(log, state["step"], evaluate(model, dataset, cfg, runtime, forward_step))
         results = evaluate(model, dataset, cfg, runtime, forward_step)

@@ -94,4 +94,6 @@ def stage_config(base: RunConfig, arm: str, stage: str, plan_path: Optional[Path
         train.update(lr=lr_at(base.train, first), warmup_steps=min(base.train.warmup_steps, plan[stage] // 4),
                      lr_decay_steps=max(1, (base.train.lr_decay_steps or total) - first))
     raw["moe"].update(plan=str(plan_path) if plan_path else None, stage="learned" if stage == "learned" else "group")
+    if arm == "upcycle":  # no groups to hand over from: its copies start out equal anyway
+        raw["moe"].update(handover=0.0)
     return RunConfig.model_validate(raw)

@@ -7,7 +7,9 @@ by megatron's MoELayer, whose router is
   1 (top-1). The router still computes logits, trained toward the group's expert with a
   cross-entropy "router classification" loss (weight alpha), so stage 2 can start from it.
 - stage "learned": megatron's own TopKRouter (softmax over the top-k logits, load-balancing
-  loss), the same ``router.weight``, so a stage-1 checkpoint loads into it directly.
+  loss), the same ``router.weight``, so a stage-1 checkpoint loads into it directly. While
+  :attr:`RoutingContext.handover` is below 1 (the first steps of stage 2), :class:`HandoverRouter`
+  blends group routing into it, so the stage starts from exactly the function stage 1 ended with.
 
 Megatron's MoE layer only sees hidden states, so per-token group ids reach the routers through
 :data:`ROUTING`, which the training step fills for every micro-batch (sequence parallel: each TP
@@ -23,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core.transformer.moe.moe_layer import MoELayer
 from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, get_moe_layer_wise_logging_tracker
-from megatron.core.transformer.moe.router import Router
+from megatron.core.transformer.moe.router import Router, TopKRouter
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -40,6 +42,9 @@ class RoutingContext:
     def __init__(self):
         self.group_ids: Optional[torch.Tensor] = None  # [batch, seq] group id of every token
         self._stats: list[torch.Tensor] = []           # per router call: [ce sum, correct, tokens]
+        # stage 2's share of learned routing, 0 (group routing) .. 1 (learned alone); the training
+        # loop sets it per step; None outside training (evaluation takes learned routing alone)
+        self.handover: Optional[float] = None
 
     def begin(self, group_ids: Optional[torch.Tensor]) -> None:
         """Set the group ids of the next forward pass ([batch] per sample or [batch, seq])."""
@@ -89,6 +94,23 @@ class RoutingContext:
 ROUTING = RoutingContext()
 
 
+def handover_share(step: int, handover_steps: int) -> float:
+    """The share of learned routing after ``step`` steps of stage 2: linear from 0 to 1 over
+    ``handover_steps`` (1 at once when there is no handover)."""
+    return 1.0 if handover_steps <= 0 else min(1.0, step / handover_steps)
+
+
+def exclude_from_grad_norm(param: torch.nn.Parameter) -> None:
+    """Leave ``param`` out of the norm that megatron's optimizer clips every gradient by.
+
+    Megatron skips parameters flagged ``shared`` (their gradients would count twice) when it
+    computes that norm, and still scales their gradients with the rest. The group router's
+    gradient comes only from its classification loss, on detached inputs; left in the norm it
+    dominated it (5.9-9.1 against 0.8 for everything else at the start of stage 1, measured), so
+    clipping shrank every language-model update 6-9 fold."""
+    param.shared = True
+
+
 class GroupRouter(Router):
     """Stage 1: top-1 routing to the expert of each token's language group, weight 1, plus the
     router classification loss on the router's logits (MoELayer's router interface)."""
@@ -100,6 +122,8 @@ class GroupRouter(Router):
         self.into_model = into_model
         self.register_buffer("group_to_expert", torch.tensor(list(group_to_expert), dtype=torch.long),
                              persistent=False)
+        if not into_model:  # it then trains the router alone, apart from the language model
+            exclude_from_grad_norm(self.weight)
 
     def routing(self, logits: torch.Tensor):
         raise NotImplementedError("GroupRouter routes by group id, not by logits")
@@ -125,6 +149,39 @@ class GroupRouter(Router):
         return probs, routing_map
 
 
+class HandoverRouter(TopKRouter):
+    """Stage 2: megatron's top-k router, with group routing blended in while the hand-over lasts.
+
+    With share ``b`` = :attr:`RoutingContext.handover` below 1 and group ids at hand, each token
+    goes to its group's expert and to the k-1 other experts its logits rank highest, weighted
+    ``(1 - b) * onehot(group) + b * softmax(its logits over those k)``. At ``b = 0`` that is stage
+    1's function exactly; at ``b = 1`` (and whenever there are no group ids: evaluation,
+    inference) it is megatron's top-k routing alone. Exactly k experts per token, so every
+    dispatcher takes it; megatron's load-balancing loss stays attached throughout."""
+
+    def __init__(self, config: TransformerConfig, pg_collection=None, group_to_expert=(0,)):
+        super().__init__(config, pg_collection)
+        self.register_buffer("group_to_expert", torch.tensor(list(group_to_expert), dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, input: torch.Tensor, padding_mask=None):
+        """hidden [s, b, h] -> (probs, routing_map), each [s*b, experts], k experts per token."""
+        share = ROUTING.handover
+        if share is None or share >= 1.0 or ROUTING.group_ids is None:
+            return super().forward(input, padding_mask)
+        seq, batch = input.shape[:2]
+        groups = ROUTING.token_group_ids(seq, batch, self.config.sequence_parallel, self.tp_group)
+        own = F.one_hot(self.group_to_expert.to(groups.device)[groups], self.num_experts).bool()
+        logits = self.gating(self.apply_input_jitter(input))
+        learned, _ = self.routing(logits, padding_mask=padding_mask)  # carries the load-balancing loss
+        flat = logits.reshape(-1, self.num_experts).float()
+        chosen = flat.masked_fill(own, float("inf")).topk(self.topk, dim=-1).indices
+        routing_map = torch.zeros_like(own).scatter(1, chosen, True)
+        weights = torch.softmax(flat.masked_fill(~routing_map, float("-inf")), dim=-1)
+        probs = (1.0 - share) * own.to(weights.dtype) + share * weights
+        return (probs + 0.0 * learned).to(learned.dtype), routing_map  # 0 *: the loss rides on it
+
+
 def moe_transformer_fields(model: ModelConfig, moe: MoEConfig, plan: Plan) -> dict:
     """TransformerConfig fields that make the planned layers MoE layers for ``moe.stage``."""
     learned = moe.stage == "learned"
@@ -142,15 +199,18 @@ def moe_transformer_fields(model: ModelConfig, moe: MoEConfig, plan: Plan) -> di
 
 def gts_decoder_spec(config: TransformerConfig, model: ModelConfig, moe: MoEConfig,
                      plan: Plan) -> TransformerBlockSubmodules:
-    """The dense decoder spec with group routers in the MoE layers (stage "group")."""
+    """The dense decoder spec with the stage's router in the MoE layers: group routers (stage
+    "group"), or megatron's top-k routers with the hand-over from group routing (stage "learned")."""
     block = decoder_spec(config, model.attention)
     if moe.stage == "group":
         router = functools.partial(GroupRouter, group_to_expert=plan.group_to_expert,
                                    loss_weight=moe.router_loss_weight, into_model=moe.router_loss_into_model)
-        for spec in block.layer_specs:
-            if spec.submodules.mlp.module is MoELayer:
-                spec.submodules.mlp.submodules.router = router
-                spec.submodules.mlp.submodules.shared_experts = None
+    else:
+        router = functools.partial(HandoverRouter, group_to_expert=plan.group_to_expert)
+    for spec in block.layer_specs:
+        if spec.submodules.mlp.module is MoELayer:
+            spec.submodules.mlp.submodules.router = router
+            spec.submodules.mlp.submodules.shared_experts = None
     return block
 
 

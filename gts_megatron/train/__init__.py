@@ -3,8 +3,10 @@
 Stage 1 ("group"): every token goes to the expert of its language's group, and the routers learn
 to predict that expert (router classification loss, weight ``moe.router_loss_weight``, logged
 as ``router_loss`` and ``router_accuracy``). Start it from `gts expand`'s checkpoint.
-Stage 2 ("learned"): megatron's top-k router with load balancing; no group ids, at training or
-inference. Start it from a stage-1 checkpoint: the router weights carry over.
+Stage 2 ("learned"): megatron's top-k router with load balancing; no group ids at inference.
+Start it from a stage-1 checkpoint: the router weights carry over. Over the first
+``moe.handover`` of its steps routing passes from group routing to the learned top-k (see
+:class:`gts_megatron.model.gts.HandoverRouter`), so the switch does not raise the loss.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from gts_megatron.engine.checkpoint import unwrap
 from gts_megatron.engine.loop import TrainResult, lm_forward_step, train
 from gts_megatron.engine.session import training_session
 from gts_megatron.errors import GtsError
-from gts_megatron.model.gts import ROUTING, build_moe_model, moe_parameter_counts
+from gts_megatron.model.gts import ROUTING, build_moe_model, handover_share, moe_parameter_counts
 from gts_megatron.plan.plan_file import Plan, load_plan, moe_identity
 
 
@@ -71,7 +73,8 @@ def train_stage(cfg: RunConfig, run_dir: Path,
         model, config = build_gts_model(cfg, plan)
         if prepare_model is not None:
             prepare_model(model)
-        groups = plan.language_to_group if cfg.moe.stage == "group" else None
+        handover_steps = round(cfg.moe.handover * cfg.train.steps) if cfg.moe.stage == "learned" else 0
+        groups = plan.language_to_group if cfg.moe.stage == "group" or handover_steps else None
         placement, order = None, None
         if cfg.moe.placement:
             placement = Placement(plan.expert_of_language(), plan.num_experts, cfg.parallel.expert)
@@ -81,5 +84,9 @@ def train_stage(cfg: RunConfig, run_dir: Path,
                                          parallel_state.get_expert_data_parallel_rank())
         record = {"stage": cfg.moe.stage, "topk": cfg.moe.topk if cfg.moe.stage == "learned" else 1,
                   "plan": plan.model_dump(mode="json"), "tokenizer": tokenizer_record(dataset)}
-        return train(cfg, run_dir, runtime, model, config, dataset, gts_forward_step,
-                     desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan), record=record, order=order)
+        try:
+            return train(cfg, run_dir, runtime, model, config, dataset, gts_forward_step,
+                         desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan), record=record, order=order,
+                         before_step=lambda step: setattr(ROUTING, "handover", handover_share(step, handover_steps)))
+        finally:
+            ROUTING.handover = None
