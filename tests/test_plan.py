@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gts_megatron.bench.plan import adjusted_rand_index, planted_probe_store
+from gts_megatron.bench.plan import planted_probe_store
+from gts_megatron.plan.families import adjusted_rand_index
 from gts_megatron.errors import GtsError
 from gts_megatron.plan import grouping
 from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers

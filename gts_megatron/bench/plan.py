@@ -15,19 +15,21 @@ import numpy as np
 
 from gts_megatron.bench import machine
 from gts_megatron.config import PlanConfig
+from gts_megatron.plan.families import adjusted_rand_index
 from gts_megatron.probe.store import ProbeResult, SketchInfo, write_probe
 
 
 def planted_probe_store(store: Path, languages: int, families: int, layers: int = 24, sketch_size: int = 4096,
-                        noise: float = 0.5, seed: int = 0) -> dict[str, int]:
-    """Write a probe store whose languages come in ``families`` planted families; returns
-    language -> family. Deviation norms follow a U-shaped profile over layers, as in the paper."""
+                        noise: float = 0.5, seed: int = 0, names: Optional[list[str]] = None) -> dict[str, int]:
+    """Write a probe store whose languages (``names``, or l000, l001, ...) come in ``families``
+    planted families, dealt round-robin; returns language -> family. Deviation norms follow a
+    U-shaped profile over layers, as in the paper."""
     rng = np.random.default_rng(seed)
     centroids = rng.standard_normal((families, layers, sketch_size))
     profile = 1.0 + np.cos(np.linspace(0, 2 * np.pi, layers))  # large at both ends
     truth = {}
     for index in range(languages):
-        name, family = f"l{index:03d}", index % families
+        name, family = names[index] if names else f"l{index:03d}", index % families
         sketches = centroids[family] + noise * rng.standard_normal((layers, sketch_size))
         norms = profile * (1 + 0.05 * rng.standard_normal(layers)) + 0.1
         write_probe(store, ProbeResult(language=name, delta_norm_ffn=norms.tolist(), delta_norm_att=(norms / 2).tolist(),
@@ -35,20 +37,6 @@ def planted_probe_store(store: Path, languages: int, families: int, layers: int 
                     {layer: sketches[layer] for layer in range(layers)})
         truth[name] = family
     return truth
-
-
-def adjusted_rand_index(truth: list[int], found: list[int]) -> float:
-    """Adjusted Rand index of two labelings (1.0: the same partition)."""
-    from scipy.special import comb
-
-    table = np.zeros((max(truth) + 1, max(found) + 1), dtype=np.int64)
-    for t, f in zip(truth, found):
-        table[t, f] += 1
-    pairs = comb(table, 2).sum()
-    rows, cols = comb(table.sum(1), 2).sum(), comb(table.sum(0), 2).sum()
-    expected = rows * cols / comb(len(truth), 2)
-    top = (rows + cols) / 2
-    return 1.0 if top == expected else float((pairs - expected) / (top - expected))
 
 
 def bench_plan(languages: int = 128, families: int = 16, sketch_size: int = 4096, figures: bool = False,

@@ -14,7 +14,9 @@ import numpy as np
 from gts_megatron.artifacts import file_sha256, staged_directory
 from gts_megatron.config import ModelConfig, PlanConfig
 from gts_megatron.errors import GtsError
+from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.plan import grouping, plots
+from gts_megatron.plan.families import family_agreement
 from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers
 from gts_megatron.plan.plan_file import Plan, write_plan
 from gts_megatron.plan.similarity import distance_from_similarity, similarity_from_store, similarity_layers
@@ -104,22 +106,41 @@ def make_plan(cfg: PlanConfig, out: Path, log=print) -> Plan:
                 moe_layers=moe_layers,
                 inputs={"source": cfg.probes or cfg.deviations, "checksums": checksums,
                         "parameters": cfg.model_dump(mode="json"), "normalised_ffn_deviation": profile.round(6).tolist()})
+    families = family_agreement(plan.language_to_group)
     with staged_directory(out) as tmp:
         write_plan(tmp / "plan.json", plan)
+        atomic_write_text(tmp / "families.json", json.dumps(families, indent=1) + "\n")
         attention_matrix = deviation_matrix(attention, "delta_norm_att") if all(attention.values()) else None
         plots.write_deviation_profile(tmp, matrix, profile, moe_layers, None if cfg.top_n else cfg.epsilon,
                                       attention_matrix, cfg.plots)
         plots.write_groups(tmp, languages, groups, cfg.plots)
         if similarity is not None:
             plots.write_similarity(tmp, languages, similarity, groups, cfg.plots)
-    log(summary(plan, model))
+    log(summary(plan, model, families))
     return plan
 
 
-def summary(plan: Plan, model: Optional[dict]) -> str:
-    """Groups, MoE layers and (with the probed model's config) parameters after expansion."""
+def family_line(families: dict) -> Optional[str]:
+    """The groups' agreement with the language-family table, in words (None if it knows too few)."""
+    if "family" not in families:
+        return None
+    parts = []
+    for level in ("family", "genus"):
+        best = families[level]["best_reachable"]
+        parts.append(f"{level} ARI {families[level]['ari']:.2f}" +
+                     (f" (at most {best:.2f} with these group sizes)" if best is not None else ""))
+    unknown = f"; not in the table: {' '.join(families['unknown'])}" if families["unknown"] else ""
+    return "groups against language families: " + ", ".join(parts) + unknown
+
+
+def summary(plan: Plan, model: Optional[dict], families: Optional[dict] = None) -> str:
+    """Groups, their agreement with the language families, MoE layers and (with the probed
+    model's config) parameters after expansion."""
     lines = [f"{plan.num_groups} groups:"]
     lines += [f"  group {g}: {' '.join(members)}" for g, members in enumerate(plan.groups())]
+    line = family_line(families or {})
+    if line:
+        lines.append(line)
     lines.append(f"MoE layers: {plan.moe_layers}")
     if model:
         from gts_megatron.model.gts import moe_parameter_counts
