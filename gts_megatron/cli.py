@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/probes")
     p.add_argument("--out", help="probe store directory (overrides --run-dir)")
     add_field_flags(p, ProbeConfig, ["base", "data", "languages", "engine", "zero_stage", "steps", "lr",
-                                      "micro_batch_size", "global_batch_size",
-                                      "seq_length", "sketch_size", "exact", "seed", "cpus_per_probe",
+                                      "micro_batch_size", "global_batch_size", "tokens_per_step",
+                                      "seq_length", "delta", "sketch_size", "exact", "seed", "cpus_per_probe",
                                       "gpus_per_probe", "retries", "address", "executor"])
     p.set_defaults(func=cmd_probe)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gts_megatron.bench.plan import adjusted_rand_index
+from gts_megatron.plan.families import adjusted_rand_index
 from gts_megatron.probe.store import read_sketches
 from tests.conftest import TINY, assert_one_line_error, gts_cmd, gts_env, run_gts
 from tests.test_resume import kill_tree
@@ -60,6 +60,37 @@ def test_plan_from_probes_recovers_the_planted_families(probed, tmp_path):
     names = sorted(probed["families"])
     truth = [sorted(set(probed["families"].values())).index(probed["families"][n]) for n in names]
     assert adjusted_rand_index(truth, [plan["language_to_group"][n] for n in names]) == 1.0
+
+
+def test_gradient_probes_with_accumulated_tokens_recover_the_families(probed, tmp_path):
+    """The first-order probe over 4 micro-batches a step: no weight moves, the families still come
+    back, and the delta is -lr x steps x the mean gradient (its norm scales with --lr)."""
+    runs = {}
+    for lr in ("1e-3", "2e-3"):
+        runs[lr] = tmp_path / lr
+        run_gts("probe", "--base", probed["base"], "--data", str(probed["data"]), "--lr", lr, "--delta", "gradient",
+                "--tokens-per-step", "512", "--micro-batch-size", "2", "--seq-length", "64",
+                "--executor", "process", "--out", str(runs[lr]), timeout=600)
+    result = json.loads((runs["1e-3"] / "syn00.json").read_text())
+    assert result["inputs"]["sequences_per_step"] == 8 and result["inputs"]["delta"] == "gradient"
+    doubled = json.loads((runs["2e-3"] / "syn00.json").read_text())
+    for a, b in zip(result["delta_norm_ffn"], doubled["delta_norm_ffn"]):
+        assert abs(b - 2 * a) <= 1e-5 * b
+    run_gts("plan", "--probes", str(runs["1e-3"]), "--k", "2", "--similarity-layers", "all", "--out", str(tmp_path / "plan"))
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    names = sorted(probed["families"])
+    truth = [sorted(set(probed["families"].values())).index(probed["families"][n]) for n in names]
+    assert adjusted_rand_index(truth, [plan["language_to_group"][n] for n in names]) == 1.0
+
+
+def test_probe_help_lists_the_accumulation_options_and_refuses_an_uneven_token_count(probed, tmp_path):
+    help_text = run_gts("probe", "--help").stdout
+    assert "--tokens-per-step" in help_text and "--delta" in help_text
+    proc = run_gts("probe", "--base", probed["base"], "--data", str(probed["data"]), "--tokens-per-step", "1000",
+                   "--out", str(tmp_path / "p"), check=False)
+    assert_one_line_error(proc, "tokens_per_step 1000 is not a multiple of seq_length x micro_batch_size = 256",
+                          "use 1024")
+    assert not (tmp_path / "p").exists()
 
 
 def test_deepspeed_zero3_probe_matches_the_megatron_probe(probed, tmp_path):

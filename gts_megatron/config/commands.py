@@ -45,8 +45,15 @@ class ProbeConfig(_Section):
     steps: int = Field(10, ge=1, description="optimizer steps per probe")
     lr: float = Field(8e-6, gt=0, description="peak learning rate (linear decay to 0, no warm-up, no weight decay)")
     micro_batch_size: int = Field(2, ge=1, description="sequences per forward pass")
-    global_batch_size: int = Field(8, ge=1, description="sequences per step")
+    global_batch_size: int = Field(8, ge=1, description="sequences per step (tokens_per_step overrides it)")
+    tokens_per_step: Optional[int] = Field(
+        None, ge=1, description="tokens per optimizer step, accumulated over micro-batches (a multiple of "
+                                "seq_length x micro_batch_size); null = global_batch_size sequences")
     seq_length: int = Field(128, ge=2, description="tokens per sequence")
+    delta: Literal["update", "gradient"] = Field(
+        "update", description="update: the paper's probe, the weights' change over `steps` AdamW steps; gradient: "
+                              "the mean language-model gradient at the base over the same tokens, no step taken "
+                              "(Adam's per-weight normalisation lends every weight's noise the same size)")
     sketch_size: int = Field(4096, ge=16, description="CountSketch length per layer")
     exact: bool = Field(False, description="keep the full FFN deltas instead of sketches (small models)")
     seed: int = Field(1234, ge=0, description="seed of training and of the sketch hash (the same for every language)")
@@ -57,6 +64,24 @@ class ProbeConfig(_Section):
     executor: Literal["ray", "process"] = Field(
         "ray", description="ray: a fleet of Ray tasks; process: the languages one after another in this "
                            "process, without Ray (what each task of `gts launch probe-array` runs)")
+
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "ProbeConfig":
+        chunk = self.seq_length * self.micro_batch_size
+        if self.tokens_per_step is not None and self.tokens_per_step % chunk:
+            raise ValueError(f"tokens_per_step {self.tokens_per_step} is not a multiple of seq_length x "
+                             f"micro_batch_size = {chunk}; use {max(1, round(self.tokens_per_step / chunk)) * chunk}")
+        if self.delta == "gradient" and self.engine != "megatron":
+            raise ValueError("delta gradient needs engine megatron")
+        return self
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences per optimizer step: from tokens_per_step when set."""
+        if self.tokens_per_step is None:
+            return self.global_batch_size
+        return self.tokens_per_step // self.seq_length
 
 
 class PlanConfig(_Section):
