@@ -6,7 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from gts_megatron.cli_flags import add_field_flags, comma_list, field_options
+from gts_megatron.cli_flags import add_field_flags, comma_list, field_options, int_list
 from gts_megatron.errors import GtsError, Interrupted, WorkersFailed
 
 # megatron-core announces every missing optional accelerator library; they are optional here
@@ -110,10 +110,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _int_list(value: str) -> list[int]:
-    try:
-        numbers = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
+    numbers = int_list(value)
     if not numbers or min(numbers) < 1:
         raise argparse.ArgumentTypeError(f"{value!r}: give positive integers, e.g. 2048,4096")
     return numbers
@@ -185,9 +182,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     """The paper's comparison: dense, GtS, random groups, per-language experts, sparse upcycling."""
     from gts_megatron.config import ExperimentConfig, load_config
-    from gts_megatron.experiment import run_experiment
+    from gts_megatron.experiment import run_experiment, run_seeds
 
-    run_experiment(field_options(ExperimentConfig, args), load_config(args.config, args.set), Path(args.run_dir))
+    cfg = field_options(ExperimentConfig, args)
+    (run_seeds if cfg.train_seeds else run_experiment)(cfg, load_config(args.config, args.set), Path(args.run_dir))
     return 0
 
 
@@ -228,6 +226,15 @@ def cmd_bench_probes(args: argparse.Namespace) -> int:
 
     print(report(bench_probes(args.preset, args.languages, args.steps, args.seq_length, args.cpus_per_probe,
                               Path(args.work_dir) if args.work_dir else None)))
+    return 0
+
+
+def cmd_bench_stability(args: argparse.Namespace) -> int:
+    """Probe once per seed and compare: similarity Spearman, grouping ARI, MoE layers, family ARI."""
+    from gts_megatron.bench.stability import probe_stability, report
+    from gts_megatron.config import ProbeConfig
+
+    print(report(probe_stability(field_options(ProbeConfig, args), args.seeds, args.k, Path(args.out))))
     return 0
 
 
@@ -308,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one config field, e.g. --set train.steps=200 (steps per arm)")
     p.add_argument("--run-dir", default="runs/experiment", help="arms, evaluations and results go here")
     add_field_flags(p, ExperimentConfig, ["base", "data", "plan", "arms", "learned_steps", "upcycle_experts",
-                                           "seed", "split", "window", "stride", "eval_batch_size", "max_tokens"])
+                                           "seed", "train_seeds", "split", "window", "stride", "eval_batch_size",
+                                           "max_tokens"])
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("adapt", help=cmd_adapt.__doc__)
@@ -360,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-probe", type=int, default=1)
     p.add_argument("--work-dir", help="where to put the temporary runs")
     p.set_defaults(func=cmd_bench_probes)
+
+    p = bench.add_parser("stability", help=cmd_bench_stability.__doc__)
+    add_field_flags(p, ProbeConfig, ["base", "data", "languages", "steps", "lr", "micro_batch_size",
+                                      "global_batch_size", "tokens_per_step", "seq_length", "delta", "sketch_size", "exact",
+                                      "cpus_per_probe", "executor"])
+    p.add_argument("--seeds", type=_int_list, default=[1, 2, 3], help="probe seeds (comma-separated)")
+    p.add_argument("--k", type=int, default=4, help="groups")
+    p.add_argument("--out", default="runs/stability", help="one probe store per seed, and stability.json")
+    p.set_defaults(func=cmd_bench_stability)
 
     p = bench.add_parser("plan", help=cmd_bench_plan.__doc__)
     p.add_argument("--languages", type=int, default=128)

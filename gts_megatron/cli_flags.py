@@ -11,6 +11,14 @@ def comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def int_list(value: str) -> list[int]:
+    """``"1,2, 3"`` -> ``[1, 2, 3]`` (the type of integer-list flags)."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
+
+
 def field_options(section, args: argparse.Namespace):
     """The typed options of a command from its --flags (unset flags take the section's defaults)."""
     from gts_megatron.config import build_options
@@ -36,7 +44,7 @@ def add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> No
             p.add_argument(flag, type=type(choices[0]), choices=choices, help=help_text)
         elif list in (typing.get_origin(field.annotation),
                       *(typing.get_origin(a) for a in typing.get_args(field.annotation))):  # [Optional] list
-            p.add_argument(flag, type=comma_list, help=help_text)
+            p.add_argument(flag, type=int_list if "int" in str(field.annotation) else comma_list, help=help_text)
         else:
             kind = next((t for t in (int, float) if field.annotation in (t, Optional[t])), str)
             p.add_argument(flag, type=kind, help=help_text)

@@ -207,3 +207,20 @@ def test_probes_on_an_existing_cluster_by_address_and_by_ray_job_submit(probed, 
                           "--address", "auto"], env=ray_head["env"], capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stdout + job.stderr
     assert "succeeded" in job.stdout and (tmp_path / "syn01.json").exists()
+
+
+def test_bench_stability_compares_the_seeds_plans(probed, tmp_path):
+    """Gradient probes of two seeds (other samples, other sketch hash) agree on the families."""
+    args = ["bench", "stability", "--base", probed["base"], "--data", str(probed["data"]), "--lr", "1e-3",
+            "--delta", "gradient", "--tokens-per-step", "512", "--seq-length", "64", "--executor", "process",
+            "--seeds", "1,2", "--k", "2", "--out", str(tmp_path)]
+    out = run_gts(*args, timeout=600).stdout
+    result = json.loads((tmp_path / "stability.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed-1", "seed-2", "stability.json"]
+    (pair,) = result["pairs"]
+    assert pair["seeds"] == [1, 2] and pair["grouping_ari"] == 1.0 and pair["spearman"] > 0.5
+    assert result["probe"]["tokens_per_probe"] == 10 * 512
+    assert "min Spearman" in out
+    rerun = run_gts(*args, timeout=600).stdout  # every seed's probes are kept: nothing probed again
+    assert "4 of 4 languages already probed" in rerun
+    assert json.loads((tmp_path / "stability.json").read_text())["pairs"] == result["pairs"]

@@ -1,0 +1,109 @@
+"""`gts bench stability`: do probes measure the languages or the noise of their own samples?
+
+Probes the same base on the same data once per seed (each seed draws other training samples and
+another sketch hash), then plans each seed's probes the way `gts plan` does and compares the
+seeds: the Spearman correlation of their similarity matrices over all language pairs, the
+adjusted Rand index (ARI) between their groupings, whether they pick the same MoE layers, and
+each grouping's ARI against the language families. Each seed's probe store is kept under the
+output folder, so a rerun (or a run with more seeds) probes only what is missing.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.config import ProbeConfig
+from gts_megatron.errors import GtsError
+from gts_megatron.plan import grouping
+from gts_megatron.plan.families import adjusted_rand_index, family_agreement
+from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers
+from gts_megatron.plan.similarity import similarity_from_store, similarity_layers
+from gts_megatron.probe.store import read_probe
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two equally long vectors."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def plan_of_store(store: Path, languages: list[str], k: int, epsilon: float) -> dict:
+    """What `gts plan` would decide from one probe store: similarity (last 3 layers), balanced
+    groups, MoE layers."""
+    ffn = {lang: read_probe(store, lang).delta_norm_ffn for lang in languages}
+    matrix = deviation_matrix(ffn)
+    layers = similarity_layers("last3", matrix.shape[1])
+    similarity = similarity_from_store(store, languages, layers)
+    groups = grouping.balanced(np.clip(1.0 - similarity, 0.0, 2.0), k)
+    labels = [0] * len(languages)
+    for g, members in enumerate(groups):
+        for i in members:
+            labels[i] = g
+    return {"similarity": similarity, "labels": labels,
+            "moe_layers": select_layers(normalised_profile(matrix), epsilon)}
+
+
+def probe_stability(cfg: ProbeConfig, seeds: list[int], k: int, out: Path, epsilon: float = 0.6,
+                    log: Callable = print) -> dict:
+    """Probe with every seed into ``out/seed-<s>`` and compare the seeds' plans; writes
+    ``out/stability.json``."""
+    from gts_megatron.probe.fleet import run_fleet
+
+    if len(seeds) < 2:
+        raise GtsError("--seeds: give at least two seeds to compare")
+    plans, seconds = {}, {}
+    for seed in seeds:
+        store = out / f"seed-{seed}"
+        began = time.perf_counter()
+        run_fleet(cfg.model_copy(update={"seed": seed}), store, log=log)
+        seconds[seed] = round(time.perf_counter() - began, 1)
+        languages = cfg.languages or sorted(p.stem for p in store.glob("*.json"))
+        plans[seed] = plan_of_store(store, languages, k, epsilon)
+    upper = np.triu_indices(len(languages), 1)
+    pairs = []
+    for a, b in itertools.combinations(seeds, 2):
+        pairs.append({"seeds": [a, b],
+                      "spearman": round(spearman(plans[a]["similarity"][upper], plans[b]["similarity"][upper]), 4),
+                      "grouping_ari": round(adjusted_rand_index(plans[a]["labels"], plans[b]["labels"]), 4),
+                      "same_moe_layers": plans[a]["moe_layers"] == plans[b]["moe_layers"]})
+    per_seed = {}
+    for seed, plan in plans.items():
+        groups = {lang: plan["labels"][i] for i, lang in enumerate(languages)}
+        families = family_agreement(groups)
+        per_seed[seed] = {"groups": [[lang for lang in languages if groups[lang] == g] for g in range(k)],
+                          "moe_layers": plan["moe_layers"], "probe_seconds": seconds[seed],
+                          "mean_off_diagonal_cosine": round(float(plan["similarity"][upper].mean()), 4),
+                          **{f"{level}_ari": families[level]["ari"] for level in ("family", "genus")
+                             if level in families}}
+    tokens = cfg.steps * cfg.sequences_per_step * cfg.seq_length
+    result = {"probe": {**cfg.model_dump(mode="json", exclude={"seed", "address"}), "tokens_per_probe": tokens},
+              "k": k, "languages": languages, "pairs": pairs, "seeds": per_seed,
+              "min_spearman": min(p["spearman"] for p in pairs), "min_grouping_ari": min(p["grouping_ari"] for p in pairs)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "stability.json", json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def report(result: dict) -> str:
+    """The comparison in a few lines."""
+    p = result["probe"]
+    lines = [f"probes: {p['delta']} delta, {p['steps']} steps x {p['tokens_per_probe'] // p['steps']:,} tokens "
+             f"(lr {p['lr']}), {len(result['languages'])} languages, k={result['k']}"]
+    for pair in result["pairs"]:
+        lines.append(f"  seeds {pair['seeds'][0]} vs {pair['seeds'][1]}: similarity Spearman {pair['spearman']:.3f}, "
+                     f"grouping ARI {pair['grouping_ari']:.3f}, same MoE layers {pair['same_moe_layers']}")
+    for seed, s in result["seeds"].items():
+        groups = " / ".join("+".join(g) for g in s["groups"])
+        known = "; ".join(f"{level} ARI {s[f'{level}_ari']:.2f}" for level in ("family", "genus")
+                          if f"{level}_ari" in s)
+        lines.append(f"  seed {seed}: {groups}; layers {s['moe_layers']}; {known or 'families unknown'}; "
+                     f"{s['probe_seconds']} s")
+    lines.append(f"min Spearman {result['min_spearman']:.3f}, min grouping ARI {result['min_grouping_ari']:.3f}")
+    return "\n".join(lines)
