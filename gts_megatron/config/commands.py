@@ -200,6 +200,9 @@ class ExperimentConfig(EvalWindows):
                                                    "(learned routing); 0 = stage 1 only")
     upcycle_experts: Optional[int] = Field(None, ge=2, description="upcycle: experts per layer; null = the plan's")
     seed: int = Field(1234, ge=0, description="seed of the random grouping")
+    train_seeds: Optional[list[int]] = Field(
+        None, description="training seeds: one experiment per seed in <run-dir>/seed-<s> (its train.seed and "
+                          "random grouping), then each arm's mean and std; null = one run")
 
 
 class AdaptConfig(EvalWindows):

@@ -122,8 +122,9 @@ class GroupRouter(Router):
         self.into_model = into_model
         self.register_buffer("group_to_expert", torch.tensor(list(group_to_expert), dtype=torch.long),
                              persistent=False)
-        if not into_model:  # it then trains the router alone, apart from the language model
-            exclude_from_grad_norm(self.weight)
+        # its gradient comes from its own loss alone (group routing ignores its logits); into_model
+        # or not, it must not set the pace of the language model's updates
+        exclude_from_grad_norm(self.weight)
 
     def routing(self, logits: torch.Tensor):
         raise NotImplementedError("GroupRouter routes by group id, not by logits")
