@@ -22,7 +22,7 @@ def _probe_results(store: Path) -> dict[str, list[float]]:
     return {p.stem: json.loads(p.read_text())["delta_norm_ffn"] for p in sorted(store.glob("*.json"))}
 
 
-PROBE_ARGS = ["--steps", "2", "--seq-length", "32", "--sketch-size", "64"]
+PROBE_ARGS = ["--steps", "2", "--seq-length", "32", "--sketch-size", "64", "--tokens-per-step", "256"]
 
 
 NASTY = "it's a \"run\" $(touch PWNED) `touch PWNED`; x & y"

@@ -41,7 +41,8 @@ def bench_probes(preset: str = "small", languages: int = 4, steps: int = 10, seq
                                             documents=40, document_tokens=2 * seq_length), root / "data", log=quiet)
         pretrain(base_cfg, root / "base")  # an initialised base checkpoint to probe from
         cfg = ProbeConfig(base=str(root / "base" / "checkpoints"), data=str(root / "data"), steps=steps,
-                          seq_length=seq_length, lr=1e-3, cpus_per_probe=cpus_per_probe)
+                          seq_length=seq_length, lr=1e-3, cpus_per_probe=cpus_per_probe,
+                          tokens_per_step=8 * seq_length)
         started = time.perf_counter()
         run_probe(cfg, "syn00", root / "alone", log=quiet)
         one = time.perf_counter() - started

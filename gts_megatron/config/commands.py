@@ -47,14 +47,16 @@ class ProbeConfig(_Section):
     micro_batch_size: int = Field(2, ge=1, description="sequences per forward pass")
     global_batch_size: int = Field(8, ge=1, description="sequences per step (tokens_per_step overrides it)")
     tokens_per_step: Optional[int] = Field(
-        None, ge=1, description="tokens per optimizer step, accumulated over micro-batches (a multiple of "
-                                "seq_length x micro_batch_size); null = global_batch_size sequences")
+        16384, ge=1, description="tokens per optimizer step, accumulated over micro-batches (a multiple of "
+                                 "seq_length x micro_batch_size; the paper: ~1M); null = global_batch_size "
+                                 "sequences")
     seq_length: int = Field(128, ge=2, description="tokens per sequence")
     delta: Literal["update", "gradient"] = Field(
         "update", description="update: the paper's probe, the weights' change over `steps` AdamW steps; gradient: "
                               "the mean language-model gradient at the base over the same tokens, no step taken "
                               "(Adam's per-weight normalisation lends every weight's noise the same size)")
-    sketch_size: int = Field(4096, ge=16, description="CountSketch length per layer")
+    sketch_size: int = Field(16384, ge=16, description="CountSketch length per layer (cosines come back to within "
+                                                         "about 1/sqrt(size x layers compared))")
     exact: bool = Field(False, description="keep the full FFN deltas instead of sketches (small models)")
     seed: int = Field(1234, ge=0, description="seed of training and of the sketch hash (the same for every language)")
     cpus_per_probe: int = Field(1, ge=1, description="CPUs (threads) each probe task reserves on Ray")
