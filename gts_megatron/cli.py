@@ -91,8 +91,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gts_megatron.demo import run_demo
     from gts_megatron.demo.report import update_readme
 
-    run_dir = Path(args.run_dir or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = run_demo(run_dir, args.quick, log=lambda line: print(line, flush=True))  # prompt in pipes and logs
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    run_dir = Path(args.run_dir or {"quick": "runs/demo-quick", "full": "runs/demo-full", "default": "runs/demo"}[mode])
+    report = run_demo(run_dir, mode, log=lambda line: print(line, flush=True))  # prompt in pipes and logs
     if args.readme:
         update_readme(Path(args.readme), report)
         print(f"updated the results section of {args.readme}")
@@ -328,8 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
-    p.add_argument("--run-dir", help="where everything goes (default runs/demo, or runs/demo-quick)")
-    p.add_argument("--quick", action="store_true", help="6 languages and a few steps per stage (about 1.5 minutes)")
+    p.add_argument("--run-dir", help="where everything goes (default runs/demo, runs/demo-quick or runs/demo-full)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="6 languages and a few steps per stage: a pipeline check (about 1.5 minutes)")
+    size.add_argument("--full", action="store_true",
+                      help="probes of 4,096 tokens per step, 150 steps per arm, 3 training seeds (about half "
+                           "an hour)")
     p.add_argument("--readme", help="also write the report's results section into this README")
     p.set_defaults(func=cmd_demo)
 

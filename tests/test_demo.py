@@ -25,7 +25,7 @@ def quick_demo(tmp_path_factory):
     lines = []
     for line in first.stdout:
         lines.append(line)
-        if line.startswith("[demo 6/8]"):
+        if line.startswith("[demo 6/9]"):
             first.send_signal(signal.SIGINT)
             break
     lines.append(first.stdout.read())
@@ -46,8 +46,8 @@ def test_an_interrupted_demo_resumes_without_redoing_finished_stages(quick_demo)
     assert out.count("is up to date") == 2, out  # corpus and data
     assert "5 of 5 languages already probed with these inputs" in out
     assert files_under(quick_demo["run"] / "base" / "checkpoints") == quick_demo["base_checkpoints"]
-    for n in range(1, 9):
-        assert f"[demo {n}/8]" in out
+    for n in range(1, 10):
+        assert f"[demo {n}/9]" in out
 
 
 def test_the_report_holds_every_result_and_figure(quick_demo):
@@ -57,17 +57,24 @@ def test_the_report_holds_every_result_and_figure(quick_demo):
         assert heading in report
     for figure in ("plan/similarity.png", "plan/deviations.png", "experiment/perplexity.png", "loss_curves.png"):
         assert f"]({figure})" in report and (run / figure).read_bytes()[:4] == b"\x89PNG"
-    arms = json.loads((run / "experiment" / "results.json").read_text())["arms"]
-    assert list(arms) == ["base", "dense", "gts", "random"]
-    for arm in arms.values():  # five GtS languages, the sixth (pt) held out for adaptation
+    summary = json.loads((run / "experiment" / "summary.json").read_text())
+    assert list(summary["arms"]) == ["base", "dense", "gts", "random"] and summary["seeds"] == [1, 2]
+    for arm in summary["arms"].values():  # five GtS languages, the sixth (pt) held out for adaptation
         assert sorted(arm["languages"]) == ["de", "en", "es", "fr", "ru"]
+        assert len(arm["mean_perplexity"]["values"]) == 2
+    assert set(summary["verdicts"]) == {"dense", "random"}
+    assert "mean ± std over training seeds 1, 2" in report and "GtS " in report
+    mechanism = json.loads((run / "mechanism" / "experiment" / "summary.json").read_text())
+    assert list(mechanism["arms"]) == ["base", "dense", "gts", "random"] and "Mechanism check" in report
+    assert json.loads((run / "plan" / "families.json").read_text())["family"]["of"]["ru"] == "Indo-European"
     adapt = json.loads((run / "adapt" / "adapt.json").read_text())
     assert adapt["language"] == "pt" and adapt["new"]["after"] < adapt["new"]["before"]
     assert abs(adapt["old_mean"]["change_percent"]) <= 1.0
     state = json.loads((run / "demo.json").read_text())
-    assert set(state["seconds"]) == {"corpus", "data", "base", "probe", "plan", "experiment", "adapt", "report"}
+    assert set(state["seconds"]) == {"corpus", "data", "base", "probe", "plan", "experiment", "adapt", "mechanism",
+                                     "report"}
     readme = (quick_demo["root"] / "README.md").read_text()
-    assert "old numbers" not in readme and "| gts | 2 |" in readme and readme.endswith("rest\n")
+    assert "old numbers" not in readme and "| gts | " in readme and readme.endswith("rest\n")
 
 
 def test_data_from_another_tokenizer_or_without_held_out_text_is_refused(quick_demo, tmp_path):
@@ -88,3 +95,22 @@ def test_data_from_another_tokenizer_or_without_held_out_text_is_refused(quick_d
                    check=False)
     assert_one_line_error(proc, "has 0 test tokens, nothing to evaluate")
     assert not out.exists()
+
+
+def test_a_second_demo_from_scratch_makes_the_same_plan(quick_demo, tmp_path):
+    """Same seeds, another run directory: the base, the probes and so the plan come out the same."""
+    run_gts("demo", "--quick", "--run-dir", str(tmp_path / "again"), timeout=600, env={"OMP_NUM_THREADS": "2"})
+    first, second = (json.loads((run / "plan" / "plan.json").read_text())
+                     for run in (quick_demo["run"], tmp_path / "again"))
+    for key in ("language_to_group", "moe_layers", "group_to_expert"):
+        assert first[key] == second[key], key
+    sketches = [{k: v for k, v in plan["inputs"]["checksums"].items() if k.endswith(".safetensors")}
+                for plan in (first, second)]
+    assert sketches[0] == sketches[1] and len(sketches[0]) == 5  # the probes' deltas, byte for byte
+
+
+def test_a_run_directory_of_one_demo_size_refuses_another(quick_demo):
+    before = files_under(quick_demo["run"])
+    proc = run_gts("demo", "--full", "--run-dir", str(quick_demo["run"]), check=False)
+    assert_one_line_error(proc, "holds a demo run with --quick", "use another --run-dir")
+    assert files_under(quick_demo["run"]) == before

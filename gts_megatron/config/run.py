@@ -179,8 +179,10 @@ class MoEConfig(_Section):
                            "all-to-all in training")
     router_loss_weight: float = Field(1.28, ge=0, description="group: weight alpha of the router classification loss")
     router_loss_into_model: bool = Field(
-        False, description="group: let the router loss's gradient reach the layers below the router (the "
-                           "paper's plain `LM + alpha * L_rc`); off, it trains the routers alone")
+        True, description="group: let the router loss's gradient reach the layers below the router (the "
+                          "paper's plain `LM + alpha * L_rc`), so the hidden states carry the language group "
+                          "and stage 2's learned routers can find it; off, it trains the routers alone (better "
+                          "under group routing, but stage 2 then misroutes: docs/method.md)")
     topk: int = Field(2, ge=1, description="learned: experts per token")
     handover: float = Field(
         0.5, ge=0, le=1, description="learned: share of the stage's steps over which routing passes linearly from "

@@ -1,4 +1,4 @@
 """`gts demo`: the whole pipeline on the embedded corpus, ending in a report (see ``pipeline``)."""
-from gts_megatron.demo.pipeline import FULL, QUICK, run_demo
+from gts_megatron.demo.pipeline import DEFAULT, FULL, QUICK, run_demo
 
-__all__ = ["FULL", "QUICK", "run_demo"]
+__all__ = ["DEFAULT", "FULL", "QUICK", "run_demo"]

@@ -1,8 +1,9 @@
 """`gts demo`: the whole method on the embedded corpus, one stage after another, in one process.
 
 corpus -> tokenizer and token datasets -> dense base -> probe fleet (local Ray) -> plan ->
-experiment (dense continued training, GtS stage 1 + a short stage 2, random groups, all at equal
-tokens, evaluated per language) -> adaptation to a held-out language -> report.md.
+experiment (dense continued training, GtS stage 1 then stage 2, random groups, all at equal
+tokens, over several training seeds, evaluated per language) -> adaptation to a held-out
+language -> the mechanism check (the same method on planted families that interfere) -> report.md.
 
 Every stage keeps its results on disk and skips or resumes what is done, so an interrupted demo
 goes on where it stopped when run again. ``demo.json`` records each stage's wall time.
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.demo.mechanism import MechanismRecipe, run_mechanism
 from gts_megatron.errors import Interrupted
 
 
@@ -33,6 +35,9 @@ class DemoRecipe:
     learned_steps: int
     adapt_steps: int
     max_eval_tokens: int
+    probe_tokens_per_step: int  # gradient probes: steps x this many tokens per language
+    train_seeds: tuple[int, ...]  # every arm once per seed
+    mechanism: MechanismRecipe
     overrides: tuple[str, ...] = ()  # run-config overrides for every training run
     prepare: dict = field(default_factory=dict)  # PrepareConfig fields
 
@@ -41,13 +46,23 @@ class DemoRecipe:
         return [lang for lang in self.languages if lang != self.new_language]
 
 
+# `gts demo --full`: probes of 4,096 tokens per step, arms of 150 steps, 3 training seeds (the
+# README's results); `gts demo`: the same stages at 2,048, 100 steps and 2 seeds, in about 15 minutes
 FULL = DemoRecipe(languages=("ar", "de", "en", "es", "fa", "fr", "it", "ko", "pt", "ru", "tl", "vi"),
-                  new_language="pt", groups=4, base_steps=400, probe_steps=10, arm_steps=200, learned_steps=40,
-                  adapt_steps=100, max_eval_tokens=4096)
+                  new_language="pt", groups=4, base_steps=400, probe_steps=10, arm_steps=150, learned_steps=40,
+                  adapt_steps=100, max_eval_tokens=4096, probe_tokens_per_step=4096, train_seeds=(1, 2, 3),
+                  mechanism=MechanismRecipe())
+DEFAULT = replace(FULL, probe_tokens_per_step=2048, arm_steps=100, learned_steps=25,
+                  train_seeds=(1, 2), max_eval_tokens=2048,
+                  mechanism=MechanismRecipe(arm_steps=150, learned_steps=40, train_seeds=(1, 2)))
 QUICK = DemoRecipe(languages=("de", "en", "es", "fr", "pt", "ru"), new_language="pt", groups=2, base_steps=30,
                    probe_steps=3, arm_steps=16, learned_steps=4, adapt_steps=8, max_eval_tokens=384,
+                   probe_tokens_per_step=512, train_seeds=(1, 2),
+                   mechanism=MechanismRecipe(languages=4, families=2, documents=60, base_steps=20, arm_steps=24,
+                                             learned_steps=8, train_seeds=(1, 2), max_eval_tokens=512),
                    overrides=("model.vocab_size=1000", "train.seq_length=64"),
                    prepare={"vocab_size": 1000, "sample_characters": 1_000_000})
+RECIPES = {"quick": QUICK, "default": DEFAULT, "full": FULL}
 
 STATE_FILE = "demo.json"
 
@@ -89,27 +104,33 @@ def demo_stages(run_dir: Path, recipe: DemoRecipe, log: Callable) -> list[tuple[
 
     def probe():
         from gts_megatron.probe.fleet import run_fleet
-        run_fleet(ProbeConfig(base=str(base / "checkpoints"), data=str(data), languages=langs,
-                              steps=recipe.probe_steps, seq_length=seq), run_dir / "probes", log=log)
+        run_fleet(ProbeConfig(base=str(base / "checkpoints"), data=str(data), languages=langs, delta="gradient",
+                              steps=recipe.probe_steps, tokens_per_step=recipe.probe_tokens_per_step,
+                              seq_length=seq, micro_batch_size=8), run_dir / "probes", log=log)
 
     def make():
         from gts_megatron.plan.make import make_plan
         make_plan(PlanConfig(probes=str(run_dir / "probes"), languages=langs, k=recipe.groups), plan.parent, log=log)
 
     def experiment():
-        from gts_megatron.experiment import run_experiment
+        from gts_megatron.experiment import run_seeds
         cfg = ExperimentConfig(base=str(base / "checkpoints"), data=str(data), plan=str(plan),
-                               arms=["dense", "gts", "random"], learned_steps=recipe.learned_steps, **windows)
+                               arms=["dense", "gts", "random"], learned_steps=recipe.learned_steps,
+                               train_seeds=list(recipe.train_seeds), **windows)
         train = _config(run_dir, recipe, [f"train.steps={recipe.arm_steps}", "train.lr=1.0e-3", "train.min_lr=1.0e-4",
                                           f"train.warmup_steps={max(1, recipe.arm_steps // 20)}",
                                           "train.eval_interval=0", "train.save_interval=0"])
-        run_experiment(cfg, train, run_dir / "experiment", log=log)
+        run_seeds(cfg, train, run_dir / "experiment", log=log)
 
     def adapt_new_language():
         from gts_megatron.adapt import adapt
-        adapt(AdaptConfig(checkpoint=str(run_dir / "experiment" / "gts" / "group"), lang=recipe.new_language,
+        first_seed = run_dir / "experiment" / f"seed-{recipe.train_seeds[0]}"
+        adapt(AdaptConfig(checkpoint=str(first_seed / "gts" / "group"), lang=recipe.new_language,
                           data=str(data), steps=recipe.adapt_steps, lr=1e-3, seq_length=seq, **windows),
               run_dir / "adapt", log=log)
+
+    def mechanism():
+        run_mechanism(run_dir / "mechanism", recipe.mechanism, log=log)
 
     def report():
         from gts_megatron.demo.report import write_report
@@ -118,22 +139,27 @@ def demo_stages(run_dir: Path, recipe: DemoRecipe, log: Callable) -> list[tuple[
     return [("corpus", f"the demo corpus ({len(recipe.languages)} languages)", corpus),
             ("data", "tokenizer and per-language token datasets", tokens),
             ("base", f"dense base on {len(langs)} languages, {recipe.base_steps} steps", pretrain_base),
-            ("probe", f"probe fleet on local Ray, {recipe.probe_steps} steps per language", probe),
+            ("probe", f"probe fleet on local Ray, {recipe.probe_steps} x {recipe.probe_tokens_per_step} tokens per "
+                      f"language", probe),
             ("plan", f"similarity, {recipe.groups} groups, MoE layers", make),
-            ("experiment", f"dense vs GtS vs random groups, {recipe.arm_steps} steps each", experiment),
+            ("experiment", f"dense vs GtS vs random groups, {recipe.arm_steps} steps each, seeds "
+                           f"{', '.join(map(str, recipe.train_seeds))}", experiment),
             ("adapt", f"{recipe.new_language} as a new expert, {recipe.adapt_steps} steps", adapt_new_language),
+            ("mechanism", f"the same on {recipe.mechanism.families} planted families that interfere", mechanism),
             ("report", "report.md with figures", report)]
 
 
-def run_demo(run_dir: Path, quick: bool, log: Callable = print) -> Path:
-    """Run (or resume) the demo in ``run_dir``; returns the report's path."""
-    recipe = QUICK if quick else FULL
+def run_demo(run_dir: Path, mode: str = "default", log: Callable = print) -> Path:
+    """Run (or resume) the demo in ``run_dir`` (``mode``: quick, default or full); returns the
+    report's path."""
+    recipe = RECIPES[mode]
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    if state.get("quick", quick) != quick:
-        _refuse_other_mode(run_dir, state["quick"])
-    state.update(quick=quick, recipe={k: v for k, v in recipe.__dict__.items()})
+    was = state.get("mode", "quick" if state.get("quick") else "full") if state else mode
+    if was != mode:
+        _refuse_other_mode(run_dir, was)
+    state.update(mode=mode, quick=mode == "quick", recipe=asdict(recipe))
     stages = demo_stages(run_dir, recipe, log)
     for number, (name, what, run) in enumerate(stages, 1):
         log(f"[demo {number}/{len(stages)}] {name}: {what}")
@@ -146,8 +172,9 @@ def run_demo(run_dir: Path, quick: bool, log: Callable = print) -> Path:
     return run_dir / "report.md"
 
 
-def _refuse_other_mode(run_dir: Path, was_quick: bool) -> None:
+def _refuse_other_mode(run_dir: Path, was: str) -> None:
     from gts_megatron.errors import GtsError
 
-    raise GtsError(f"{run_dir} holds a {'--quick' if was_quick else 'full'} demo; use another --run-dir "
-                   f"(the defaults are runs/demo and runs/demo-quick)")
+    flag = {"quick": "--quick", "full": "--full", "default": "the default"}[was]
+    raise GtsError(f"{run_dir} holds a demo run with {flag}; use another --run-dir "
+                   f"(the defaults are runs/demo, runs/demo-quick and runs/demo-full)")

@@ -25,14 +25,15 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def loss_curves(run_dir: Path, out: Path) -> None:
-    """loss_curves.png: the base's pretraining loss, then each arm's training loss (stage 2 after stage 1)."""
+def loss_curves(run_dir: Path, arms_dir: Path, out: Path) -> None:
+    """loss_curves.png: the base's pretraining loss, then each arm's training loss (stage 2 after
+    stage 1) from ``arms_dir`` (one training seed's experiment)."""
     plt = pyplot()
     fig, (base_ax, arms_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     base = [m for m in _metrics(run_dir / "base") if "loss" in m]
     base_ax.plot([m["step"] for m in base], [m["loss"] for m in base], color="black")
     base_ax.set(title="dense base pretraining", xlabel="step", ylabel="training loss")
-    for arm_dir in sorted((run_dir / "experiment").iterdir()):
+    for arm_dir in sorted(p for p in arms_dir.iterdir() if p.is_dir()):
         steps, losses, offset = [], [], 0
         for stage in ("pretrain", "group", "learned"):
             rows = [m for m in _metrics(arm_dir / stage) if "loss" in m]
@@ -41,7 +42,7 @@ def loss_curves(run_dir: Path, out: Path) -> None:
             offset = steps[-1] if steps else offset
         if steps:
             arms_ax.plot(steps, losses, label=arm_dir.name, linewidth=1)
-    arms_ax.set(title="arms from the base, equal tokens", xlabel="step", ylabel="training loss")
+    arms_ax.set(title=f"arms from the base, equal tokens ({arms_dir.name})", xlabel="step", ylabel="training loss")
     arms_ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out)
@@ -52,20 +53,9 @@ def _change(new: float, old: float) -> str:
 
 
 def results_section(run_dir: Path) -> str:
-    """The Markdown results: the comparison table, the verdicts, and the adaptation."""
-    results = json.loads((run_dir / "experiment" / "results.json").read_text())
-    arms = results["arms"]
-    table = (run_dir / "experiment" / "results.md").read_text().strip()
-    lines = [table, ""]
-    if "gts" in arms and "dense" in arms:
-        gts, dense = arms["gts"]["mean_perplexity"], arms["dense"]["mean_perplexity"]
-        verdict = "beats" if gts < dense else "does NOT beat"
-        lines.append(f"- GtS {verdict} dense continued training at equal training tokens: mean perplexity "
-                     f"{gts:.2f} vs {dense:.2f} ({_change(gts, dense)}).")
-    if "gts" in arms and "random" in arms:
-        gts, rnd = arms["gts"]["mean_perplexity"], arms["random"]["mean_perplexity"]
-        verdict = "beats" if gts < rnd else "does NOT beat"
-        lines.append(f"- GtS {verdict} random groups of the same sizes: {gts:.2f} vs {rnd:.2f} ({_change(gts, rnd)}).")
+    """The Markdown results: the comparison over training seeds with its verdicts, the
+    adaptation, and the mechanism check on planted families."""
+    lines = [(run_dir / "experiment" / "summary.md").read_text().strip(), ""]
     adapt_file = run_dir / "adapt" / "adapt.json"
     if adapt_file.is_file():
         a = json.loads(adapt_file.read_text())
@@ -74,7 +64,37 @@ def results_section(run_dir: Path) -> str:
                      f"{a['new']['before']:.1f} -> {a['new']['after']:.1f}; the old languages' mean "
                      f"{old['before']:.2f} -> {old['after']:.2f} ({old['change_percent']:+.2f}%, bar: at most 1%), "
                      f"under group routing.")
+    lines.append("- " + _family_sentence(run_dir / "plan" / "families.json"))
+    mechanism = run_dir / "mechanism" / "experiment" / "summary.json"
+    if mechanism.is_file():
+        summary = json.loads(mechanism.read_text())
+        gts = summary["arms"]["gts"]["mean_perplexity"]
+        verdicts = "; ".join(f"{v['word']} {arm} ({summary['arms'][arm]['mean_perplexity']['mean']:.2f} ± "
+                             f"{summary['arms'][arm]['mean_perplexity']['std']:.2f})"
+                             for arm, v in summary["verdicts"].items())
+        lines.append(f"- Mechanism check (planted families whose grammars conflict, seeds "
+                     f"{', '.join(map(str, summary['seeds']))}): GtS {gts['mean']:.2f} ± {gts['std']:.2f} {verdicts}; "
+                     f"the plan's groups against the planted families: ARI {_planted_ari(run_dir / 'mechanism'):.2f}.")
     return "\n".join(lines)
+
+
+def _family_sentence(path: Path) -> str:
+    families = json.loads(path.read_text()) if path.is_file() else {}
+    if "family" not in families:
+        return "The plan's languages are not in the family table."
+    f, g = families["family"], families["genus"]
+    return (f"The plan's groups against language families: ARI {f['ari']:.2f} (the best any grouping of these sizes "
+            f"reaches: {f['best_reachable']:.2f}); against genera {g['ari']:.2f} (best {g['best_reachable']:.2f}).")
+
+
+def _planted_ari(mechanism: Path) -> float:
+    from gts_megatron.plan.families import adjusted_rand_index
+
+    plan = json.loads((mechanism / "plan" / "plan.json").read_text())
+    families = json.loads((mechanism / "data" / "manifest.json").read_text())["families"]
+    names = sorted(families)
+    return adjusted_rand_index([int(families[n].removeprefix("family")) for n in names],
+                               [plan["language_to_group"][n] for n in names])
 
 
 def _plan_section(run_dir: Path) -> str:
@@ -84,8 +104,14 @@ def _plan_section(run_dir: Path) -> str:
         groups.setdefault(g, []).append(lang)
     listed = "; ".join(f"group {g}: {' '.join(sorted(langs))}" for g, langs in sorted(groups.items()))
     return (f"{len(plan['languages'])} languages in {len(groups)} groups ({listed}); MoE layers "
-            f"{plan['moe_layers']} (normalised mean FFN deviation >= epsilon).\n\n"
+            f"{plan['moe_layers']} (normalised mean FFN deviation >= epsilon). "
+            f"{_family_sentence(run_dir / 'plan' / 'families.json')}\n\n"
             f"![similarity](plan/similarity.png)\n\n![deviations](plan/deviations.png)")
+
+
+def _mode(state: dict) -> str:
+    """quick, default or full (runs from before the modes were named: quick or full)."""
+    return state.get("mode", "quick" if state.get("quick") else "full")
 
 
 def _relative(path: str, run_dir: Path) -> str:
@@ -113,11 +139,11 @@ def _adapt_section(run_dir: Path) -> str:
 
 def write_report(run_dir: Path, recipe, log: Callable = print) -> Path:
     """Write ``<run>/report.md`` (and ``loss_curves.png``) from the finished stages."""
-    needed = [run_dir / "experiment" / "results.json", run_dir / "plan" / "plan.json"]
+    needed = [run_dir / "experiment" / "summary.json", run_dir / "plan" / "plan.json"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise GtsError(f"cannot write the report: {', '.join(missing)} missing; run `gts demo` to finish the stages")
-    loss_curves(run_dir, run_dir / "loss_curves.png")
+    loss_curves(run_dir, run_dir / "experiment" / f"seed-{recipe.train_seeds[0]}", run_dir / "loss_curves.png")
     state = json.loads((run_dir / "demo.json").read_text()) if (run_dir / "demo.json").is_file() else {}
     manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
     data_rows = ["| language | role | train tokens | valid | test |", "|---|---|---|---|---|"]
@@ -129,13 +155,15 @@ def write_report(run_dir: Path, recipe, log: Callable = print) -> Path:
     seconds = state.get("seconds", {})
     timing = " | ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     sections = [
-        f"# GtS demo report{' (--quick)' if state.get('quick') else ''}",
+        f"# GtS demo report{ {'quick': ' (--quick)', 'full': ' (--full)'}.get(_mode(state), '')}",
+        *(["A pipeline check: --quick trains each stage for a few steps, far too few for its numbers to say "
+           "anything about the method; run the full `gts demo` for those."] if state.get("quick") else []),
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}; time per stage: {timing}; "
         f"total {sum(seconds.values()) / 60:.1f} min.",
         "## Data\n\n" + "\n".join(data_rows),
         "## Probes and plan\n\n" + _plan_section(run_dir),
         "## Results\n\n" + BEGIN + "\n" + results_section(run_dir) + "\n" + END,
-        "![perplexity](experiment/perplexity.png)\n\n![loss curves](loss_curves.png)",
+        "![perplexity: mean over seeds](experiment/perplexity.png)\n\n![loss curves](loss_curves.png)",
     ]
     if (run_dir / "adapt" / "adapt.json").is_file():
         sections.append("## New-language adaptation\n\n" + _adapt_section(run_dir))

@@ -22,7 +22,7 @@ def run_seeds(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: Calla
               on_stage: Optional[Callable[[str], None]] = None) -> dict:
     """Run (or resume) the experiment once per ``cfg.train_seeds`` and write the summary
     (summary.json, summary.md) under ``out``."""
-    from gts_megatron.experiment.run import run_experiment
+    from gts_megatron.experiment.run import perplexity_bars, run_experiment
 
     seeds = cfg.train_seeds or []
     if len(seeds) < 2:
@@ -30,6 +30,7 @@ def run_seeds(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: Calla
     per_seed = {}
     for seed in seeds:
         log(f"== training seed {seed}")
+        _share_base_evaluation(out / f"seed-{seeds[0]}", out / f"seed-{seed}")
         raw = train_cfg.model_dump(mode="json")
         raw["train"]["seed"] = seed
         per_seed[seed] = run_experiment(cfg.model_copy(update={"seed": seed, "train_seeds": None}),
@@ -37,13 +38,27 @@ def run_seeds(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: Calla
     summary = summarise(per_seed)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    means = {arm: {"mean_perplexity": r["mean_perplexity"]["mean"],
+                   "languages": {lang: {"perplexity": v["mean"]} for lang, v in r["languages"].items()}}
+             for arm, r in summary["arms"].items()}
+    perplexity_bars(out / "perplexity.png", means, summary["languages"])
     text = summary_markdown(summary)
     atomic_write_text(out / "summary.md", text)
     log(text)
     return summary
 
 
-def _spread(values: list[float]) -> dict:
+def _share_base_evaluation(first: Path, other: Path) -> None:
+    """The base is the same for every seed: its evaluation is made once (the copy is reused only
+    where its key, the checkpoint and the settings, still matches)."""
+    source, target = first / "base" / "eval.json", other / "base" / "eval.json"
+    if source.is_file() and not target.exists() and first != other:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, source.read_text())
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation and the values themselves."""
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
             "values": [float(v) for v in array]}
@@ -59,8 +74,8 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     for arm in ["base", *arms]:
         runs = [per_seed[s][arm] for s in per_seed]
         summary["arms"][arm] = {
-            "mean_perplexity": _spread([r["mean_perplexity"] for r in runs]),
-            "languages": {lang: _spread([r["languages"][lang]["perplexity"] for r in runs]) for lang in languages},
+            "mean_perplexity": spread([r["mean_perplexity"] for r in runs]),
+            "languages": {lang: spread([r["languages"][lang]["perplexity"] for r in runs]) for lang in languages},
             "parameters": runs[0]["parameters"]}
     if "gts" in arms:
         summary["verdicts"] = {other: verdict(summary["arms"]["gts"]["mean_perplexity"],
