@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from gts_megatron.config import build_options
+from gts_megatron.config import ProbeConfig, build_options
 from gts_megatron.config.bench import BenchTrainConfig
 from gts_megatron.errors import GtsError
 from tests.conftest import assert_one_line_error, gts_cmd, gts_env, run_gts
@@ -131,8 +131,9 @@ def test_bench_probes_compares_the_fleet_with_one_probe(tmp_path):
     assert result["slots"] >= 1 and result["fleet_s"] > 0 and result["one_probe_alone_s"] > 0
     assert abs(result["ideal_s"] - result["one_probe_in_fleet_s"] * -(-2 // result["slots"])) < 0.05
     assert result["fleet_s"] > result["ray_start_s"] > 0
-    # two 4096-float sketches (one per layer) and a small JSON: kilobytes, not the model
-    assert 2 * 4096 * 4 < result["bytes_per_language"] < 2 * 4096 * 4 + 8000
+    # two float32 sketches of the default size (one per layer) and a small JSON: kilobytes, not the model
+    size = ProbeConfig.model_fields["sketch_size"].default
+    assert 2 * size * 4 < result["bytes_per_language"] < 2 * size * 4 + 8000
 
 
 def test_bench_dispatch_reports_every_method_and_ratio():

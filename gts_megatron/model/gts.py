@@ -105,9 +105,9 @@ def exclude_from_grad_norm(param: torch.nn.Parameter) -> None:
 
     Megatron skips parameters flagged ``shared`` (their gradients would count twice) when it
     computes that norm, and still scales their gradients with the rest. The group router's
-    gradient comes only from its classification loss, on detached inputs; left in the norm it
-    dominated it (5.9-9.1 against 0.8 for everything else at the start of stage 1, measured), so
-    clipping shrank every language-model update 6-9 fold."""
+    weight gets its gradient from its classification loss alone (group routing ignores its
+    logits); left in the norm it dominated it (5.9-9.1 against 0.8 for everything else at the
+    start of stage 1, measured), so clipping shrank every language-model update 6-9 fold."""
     param.shared = True
 
 
