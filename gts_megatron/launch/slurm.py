@@ -146,7 +146,8 @@ STATUS_FIELDS = ("JobId", "ArrayJobId", "ArrayTaskId", "JobName", "JobState", "R
 
 def job_status(job_id: str) -> list[dict[str, str]]:
     """``scontrol show job`` of a job (one dict per array task) with the fields in STATUS_FIELDS."""
-    result = subprocess.run([_slurm_command("scontrol"), "-o", "show", "job", check_job_id(job_id)],
+    job_id = check_job_id(job_id)  # a bad id is the user's error, whether or not Slurm is installed
+    result = subprocess.run([_slurm_command("scontrol"), "-o", "show", "job", job_id],
                             capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         reason = " ".join(result.stderr.split())
@@ -162,7 +163,8 @@ def job_status(job_id: str) -> list[dict[str, str]]:
 
 def cancel(job_id: str) -> None:
     """scancel a job (every array task, unless the id names one)."""
-    result = subprocess.run([_slurm_command("scancel"), check_job_id(job_id)], capture_output=True, text=True,
+    job_id = check_job_id(job_id)
+    result = subprocess.run([_slurm_command("scancel"), job_id], capture_output=True, text=True,
                             timeout=60)
     if result.returncode != 0:
         raise GtsError(f"scancel {job_id}: {' '.join(result.stderr.split()) or 'failed'}")
