@@ -1,6 +1,7 @@
 """Checkpoints: kill -9 and resume bit for bit, SIGTERM saves and stops, TP=2 -> TP=1 loading."""
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +82,28 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     step = latest_step(tmp_path)
     assert step >= 1 and f"stopped by signal {int(signal.SIGTERM)} at step {step}" in err
     assert max(train_losses(tmp_path)) == step
+
+
+AGREE_WHILE_SIGNALLED = """
+import os, signal, sys, threading, time
+import torch, torch.distributed as dist
+from gts_megatron.engine.loop import StopRequest
+dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+stop = StopRequest()
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+deadline = time.time() + 5
+while time.time() < deadline:  # ranks agreeing back to back: the signal lands inside an all-reduce
+    if stop.agreed(torch.device("cpu")):
+        sys.exit(0)
+sys.exit(3)
+"""
+
+
+def test_a_signal_that_lands_while_ranks_agree_is_not_lost():
+    # the loop spends most of its time inside agreed(); a signal handled there used to be overwritten
+    done = subprocess.run([sys.executable, "-c", AGREE_WHILE_SIGNALLED], env=gts_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_tp2_checkpoint_loads_at_tp1_with_the_same_loss(tmp_path):

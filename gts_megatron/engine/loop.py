@@ -86,15 +86,17 @@ class StopRequest:
     """Remembers SIGTERM/SIGINT so the loop can checkpoint at the end of the step and leave."""
 
     def __init__(self):
-        self.signum: Optional[int] = None
+        self.signum: Optional[int] = None  # the signal every rank agreed on
+        self._received: Optional[int] = None  # written only by the handler, so none is lost
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        self.signum = signum
+        self._received = signum
 
     def agreed(self, device: torch.device) -> bool:
-        """True on every rank once any rank was signalled (collective)."""
-        flag = torch.tensor([0 if self.signum is None else self.signum], device=device)
+        """True on every rank once any rank was signalled (collective). A signal that lands
+        during the all-reduce is kept for the next call, never overwritten."""
+        flag = torch.tensor([self._received or 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         self.signum = int(flag.item()) or None
         return self.signum is not None
