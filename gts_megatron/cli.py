@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gts_megatron.hf.commands import add_hf_parsers
     from gts_megatron.launch.commands import add_launch_parser
 
-    add_launch_parser(sub)
+    add_launch_parser(sub, lambda argv: build_parser().parse_args(argv))
     add_hf_parsers(sub)
 
     bench = sub.add_parser("bench", help="measure speed against a same-run baseline").add_subparsers(

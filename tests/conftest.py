@@ -1,12 +1,15 @@
 """Shared helpers: run the real `gts` command in subprocesses and read what runs wrote."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 TINY = str(Path(__file__).resolve().parents[1] / "gts_megatron" / "configs" / "tiny.yaml")
@@ -34,6 +37,19 @@ def run_gts(*args: str, timeout: float = 300, check: bool = True, env: dict | No
     if check and proc.returncode != 0:
         pytest.fail(f"gts {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def pytest_runtest_setup(item):
+    """`gpu` tests need CUDA: skipped without it, failed under GTS_REQUIRE_GPU=1 (scripts/gpu_check.sh)."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        reason = "needs a CUDA GPU (scripts/gpu_check.sh runs the gpu tests on one)"
+        if os.environ.get("GTS_REQUIRE_GPU") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +125,38 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 def files_under(path: Path) -> dict:
     """Every path under ``path`` with its modification time (empty when it does not exist)."""
     return {p: p.stat().st_mtime_ns for p in path.rglob("*")} if path.exists() else {}
+
+
+# a small three-language corpus in three file formats (plain, blank-line separated, gzipped jsonl)
+WORDS = {"en": "the cat sat on a mat and the dog ran to the park".split(),
+         "de": "der Hund lief in den Park und die Katze sass auf der Matte".split(),
+         "fr": "le chat est sur le tapis et le chien court au parc".split()}
+
+
+def documents(lang: str, n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct pseudo-sentences in the words of ``lang``."""
+    words = WORDS[lang]
+    return [" ".join(words[(i * 7 + j * (seed + 3)) % len(words)] for j in range(5 + i % 9)) + f" {i}"
+            for i in range(n)]
+
+
+def write_corpus(root, docs_per_lang: int = 60):
+    """en as plain lines, de as blank-line separated paragraphs, fr as gzipped jsonl; one sources.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "en.txt").write_text("\n".join(documents("en", docs_per_lang)) + "\n")
+    (root / "de.txt").write_text("\n\n".join(d.replace(" und ", "\nund ") for d in documents("de", docs_per_lang)) + "\n")
+    with gzip.open(root / "fr.jsonl.gz", "wt", encoding="utf-8") as f:
+        for d in documents("fr", docs_per_lang):
+            f.write(json.dumps({"text": d, "id": 1}) + "\n")
+    (root / "sources.json").write_text(json.dumps({"en": {"source": "test", "licence": "CC0"}}))
+    return root
+
+
+def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    """Send ``sig`` to a process and all its descendants (launchers, workers)."""
+    tree = psutil.Process(proc.pid)
+    for p in [tree, *tree.children(recursive=True)]:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass

@@ -30,7 +30,7 @@ from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.load import TrainedModel
 from gts_megatron.eval.perplexity import evaluate_cached
 from gts_megatron.model.gts import build_moe_model
-from gts_megatron.plan.plan_file import Plan, moe_identity, write_plan
+from gts_megatron.contracts.plan import Plan, moe_identity, write_plan
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
 _EXPERT = re.compile(r"\.mlp\.experts\.local_experts\.(\d+)\.")

@@ -14,7 +14,7 @@ from gts_megatron.engine.checkpoint import LATEST_FILE, META_FILE, load_checkpoi
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
 from gts_megatron.model.llama import build_model, count_parameters, transformer_config
-from gts_megatron.plan.plan_file import Plan, moe_identity
+from gts_megatron.contracts.plan import Plan, moe_identity
 
 
 def find_checkpoint(path: Path) -> Path:

@@ -24,7 +24,7 @@ from gts_megatron.engine.checkpoint import (load_checkpoint, read_meta, resolve_
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
 from gts_megatron.model.llama import build_model, transformer_config
-from gts_megatron.plan.plan_file import load_plan, moe_identity
+from gts_megatron.contracts.plan import load_plan, moe_identity
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
 RECORD_FILE = "expand.json"

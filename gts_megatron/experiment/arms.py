@@ -18,7 +18,7 @@ from typing import Optional
 
 from gts_megatron.config import ExperimentConfig, RunConfig
 from gts_megatron.engine.optim import lr_at
-from gts_megatron.plan.plan_file import Plan
+from gts_megatron.contracts.plan import Plan
 
 
 def arm_plan(arm: str, plan: Plan, num_layers: int, cfg: ExperimentConfig) -> Optional[Plan]:

@@ -20,7 +20,7 @@ from gts_megatron.eval.load import TrainedModel
 from gts_megatron.engine.checkpoint import finished_checkpoint as finished
 from gts_megatron.experiment.arms import arm_plan, stage_config, stages
 from gts_megatron.figures import pyplot, save_figure
-from gts_megatron.plan.plan_file import load_plan, write_plan
+from gts_megatron.contracts.plan import load_plan, write_plan
 
 def _train_stage(stage: str, cfg: RunConfig, run_dir: Path):
     from gts_megatron.base.pretrain import pretrain

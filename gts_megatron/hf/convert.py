@@ -19,6 +19,8 @@ from gts_megatron.artifacts import staged_directory
 from gts_megatron.errors import GtsError
 from gts_megatron.hf.config_map import (FAMILIES, hf_config_from_model, model_config_from_hf, read_hf_config,
                                          token_ids)
+from gts_megatron.hf.gts_export import export_gts
+from gts_megatron.hf.logits import hf_logits, megatron_logits
 from gts_megatron.hf.weights import hf_to_megatron, megatron_to_hf, read_safetensors, write_safetensors
 
 # files of an HF folder that travel with the weights (tokenizer and generation settings)
@@ -49,24 +51,6 @@ def _tokenizer_record(folder: Path, log) -> Optional[dict]:
             return {"kind": tok.kind, "sha256": tok.sha256, "vocab_size": tok.vocab_size, "eod": tok.eod,
                     "file": name}
     return None
-
-
-def megatron_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Logits [b, s, vocab] of a single-process megatron GPTModel (padding rows dropped)."""
-    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
-    with torch.no_grad():
-        logits = model(tokens, positions, attention_mask=None)
-    return logits[..., :vocab_size].float()
-
-
-def hf_logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits of the HF checkpoint in ``folder``, computed by transformers in fp32."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    model.eval()
-    with torch.no_grad():
-        return model(tokens).logits.float()
 
 
 def _check_output(out: Path, force: bool) -> None:
@@ -149,7 +133,6 @@ def export_hf(checkpoint: Path, out: Path, architecture: Optional[str] = None, t
     files are copied from ``tokenizer_dir`` (default: the import's hf/ folder, when there is one)."""
     from gts_megatron.engine.checkpoint import unwrap
     from gts_megatron.eval.load import TrainedModel
-    from gts_megatron.hf.gts_export import export_gts
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
     trained = TrainedModel.open(Path(checkpoint))

@@ -16,6 +16,7 @@ import torch
 
 from gts_megatron.errors import GtsError
 from gts_megatron.hf.config_map import hf_config_from_model, token_ids
+from gts_megatron.hf.logits import megatron_logits
 from gts_megatron.hf.weights import megatron_to_hf, write_safetensors
 
 REMOTE_FILES = ("configuration_gts.py", "modeling_gts.py")
@@ -23,7 +24,6 @@ ROUTINGS = ("group", "learned")
 
 
 def _our_logits(model, tokens: torch.Tensor, groups: torch.Tensor, vocab: int) -> torch.Tensor:
-    from gts_megatron.hf.convert import megatron_logits
     from gts_megatron.model.gts import ROUTING
 
     ROUTING.begin(groups)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from gts_megatron.cli_flags import add_field_flags, field_options
 from gts_megatron.config.launch import SlurmJobConfig
@@ -16,9 +17,8 @@ _JOB_FLAGS = ["nodes", "gpus_per_node", "partition", "account", "qos", "time", "
 
 
 def _command(args: argparse.Namespace) -> tuple[list[str], argparse.Namespace]:
-    """The gts command after ``--`` and its parsed arguments (argparse reports a bad one)."""
-    from gts_megatron.cli import build_parser
-
+    """The gts command after ``--`` and its parsed arguments (the CLI's own parser, handed to
+    :func:`add_launch_parser`, reports a bad one)."""
     command = list(args.gts_command)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -27,7 +27,7 @@ def _command(args: argparse.Namespace) -> tuple[list[str], argparse.Namespace]:
                        "--stage group --config run.yaml")
     if command[0] == "launch":
         raise GtsError("the command after -- is itself `gts launch`; give the command the job should run")
-    return command, build_parser().parse_args(command)
+    return command, args.parse_gts_command(command)
 
 
 def _job(args: argparse.Namespace) -> SlurmJobConfig:
@@ -128,7 +128,7 @@ def cmd_launch_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_parser(sub, name: str, func, extra: list[str]) -> argparse.ArgumentParser:
+def _job_parser(sub, name: str, func, extra: list[str], parse_gts_command) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
     add_field_flags(p, SlurmJobConfig, _JOB_FLAGS + extra)
     p.add_argument("--env", action="append", metavar="KEY=VALUE",
@@ -139,20 +139,22 @@ def _job_parser(sub, name: str, func, extra: list[str]) -> argparse.ArgumentPars
     p.add_argument("--dry-run", action="store_true", help="print the batch script instead of submitting it")
     p.add_argument("gts_command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="the gts command to run, after --")
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, parse_gts_command=parse_gts_command)
     return p
 
 
-def add_launch_parser(sub) -> None:
-    """`gts launch slurm|ray|probe-array|status|cancel`."""
+def add_launch_parser(sub, parse_gts_command: Callable[[list[str]], argparse.Namespace]) -> None:
+    """`gts launch slurm|ray|probe-array|status|cancel`. ``parse_gts_command`` parses the command
+    after ``--`` as `gts` would (passed in, so that this module does not import the CLI)."""
     launch = sub.add_parser("launch", help="run gts commands as Slurm jobs").add_subparsers(
         dest="launch_command", required=True)
     _job_parser(launch, "slurm", cmd_launch_slurm,
-                ["nproc_per_node", "launcher", "signal_seconds", "max_requeues", "socket_ifname"]).add_argument(
+                ["nproc_per_node", "launcher", "signal_seconds", "max_requeues", "socket_ifname"],
+                parse_gts_command).add_argument(
         "--no-requeue", dest="requeue", action="store_false", default=None,
         help="near the time limit, checkpoint and stop instead of requeueing")
-    _job_parser(launch, "ray", cmd_launch_ray, ["ray_port", "ray_object_store_mb"])
-    _job_parser(launch, "probe-array", cmd_launch_probe_array, ["array_parallel"])
+    _job_parser(launch, "ray", cmd_launch_ray, ["ray_port", "ray_object_store_mb"], parse_gts_command)
+    _job_parser(launch, "probe-array", cmd_launch_probe_array, ["array_parallel"], parse_gts_command)
     for name, func in (("status", cmd_launch_status), ("cancel", cmd_launch_cancel)):
         p = launch.add_parser(name, help=func.__doc__)
         p.add_argument("job_id", help="Slurm job id (12345, or 12345_7 for one array task)")

@@ -33,7 +33,7 @@ from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.errors import GtsError
 from gts_megatron.model.dispatch import use_group_dispatcher
 from gts_megatron.model.llama import build_model, count_parameters, decoder_spec, transformer_config
-from gts_megatron.plan.plan_file import Plan
+from gts_megatron.contracts.plan import Plan
 
 
 class RoutingContext:

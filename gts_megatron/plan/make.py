@@ -18,7 +18,7 @@ from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.plan import grouping, plots
 from gts_megatron.plan.families import family_agreement
 from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers
-from gts_megatron.plan.plan_file import Plan, write_plan
+from gts_megatron.contracts.plan import Plan, write_plan
 from gts_megatron.plan.similarity import distance_from_similarity, similarity_from_store, similarity_layers
 from gts_megatron.probe.store import read_probe, stored_languages
 

@@ -17,7 +17,7 @@ def preflight(cfg: RunConfig, world_size: int) -> None:
     check_run_data(cfg)
     moe = None
     if cfg.moe.plan:
-        from gts_megatron.plan.plan_file import moe_identity
+        from gts_megatron.contracts.plan import moe_identity
         from gts_megatron.train import check_moe
 
         moe = moe_identity(check_moe(cfg))

@@ -52,7 +52,7 @@ class MegatronArm:
         from gts_megatron.engine.loop import contiguous_order, lm_forward_step, wrap_ddp
         from gts_megatron.engine.optim import build_optimizer
         from gts_megatron.model.llama import build_model, transformer_config
-        from gts_megatron.plan.plan_file import moe_identity
+        from gts_megatron.contracts.plan import moe_identity
         from gts_megatron.train import build_gts_model, check_moe, gts_forward_step
 
         cfg = ws.run_config(name, dtype)

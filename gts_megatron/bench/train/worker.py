@@ -110,7 +110,7 @@ def _summary(ws: Workspace, opts, runtime, times, arms_built: dict, splits, peak
     """The result: per arm (``arms_built``: {name: (peak memory, first loss)}) and ratios."""
     from gts_megatron.model.gts import moe_parameter_counts
     from gts_megatron.model.llama import count_parameters
-    from gts_megatron.plan.plan_file import load_plan
+    from gts_megatron.contracts.plan import load_plan
 
     model, plan = ws.run_config("dense").model, load_plan(ws.plan)
     total, active = moe_parameter_counts(model, plan, topk=1)

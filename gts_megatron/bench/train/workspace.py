@@ -13,7 +13,7 @@ from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.bench import quiet
 from gts_megatron.config import RunConfig, SyntheticDataConfig, build_config
 from gts_megatron.config.bench import DEEPSPEED_ARMS, BenchTrainConfig
-from gts_megatron.plan.plan_file import Plan, write_plan
+from gts_megatron.contracts.plan import Plan, write_plan
 
 OPTIONS_FILE = "bench.json"
 RESULT_FILE = "result.json"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import assert_one_line_error, indexed_args, read_metrics, run_gts, write_family_plan
-from tests.test_data_prepare import WORDS, documents, write_corpus
+from tests.conftest import (WORDS, assert_one_line_error, documents, indexed_args, read_metrics, run_gts,
+                            write_corpus, write_family_plan)
 
 COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, rms_norm_eps=1e-5)
@@ -72,6 +72,7 @@ def test_import_equals_transformers_and_export_round_trips(tmp_path, family):
     assert import_hf(tmp_path / "exported", tmp_path / "again")["max_abs_logit_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_imported_qwen2_loads_at_tp2_and_exports_as_gts(tmp_path, families_data):
     """Qwen2 (QKV biases, sharded along the grouped QKV layout): the first training step's loss
     is the same at TP=1 and TP=2; expanded into a GtS model it exports on the Qwen2 remote code."""

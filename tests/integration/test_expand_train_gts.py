@@ -23,7 +23,7 @@ def load_models(setup, stage="group", router_loss_weight=1.28):
     from gts_megatron.config import load_config
     from gts_megatron.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from gts_megatron.model.llama import build_model, transformer_config
-    from gts_megatron.plan.plan_file import moe_identity
+    from gts_megatron.contracts.plan import moe_identity
     from gts_megatron.train import build_gts_model, check_moe
 
     cfg = load_config(TINY, [*(a for a in setup["args"][3::2]), f"moe.stage={stage}",
@@ -128,6 +128,7 @@ def test_both_stages_match_one_process_at_ep2_and_tp2(gts_setup, stage_runs, tmp
         assert "router_loss" in got[0] and "router_accuracy" in got[0]
 
 
+@pytest.mark.slow
 def test_function_preserved_at_every_layout(gts_setup, tmp_path):
     """Zero steps from the expansion: per-language validation loss equals the dense model's."""
     run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "dense"), *indexed_args(gts_setup["data"]),
@@ -201,6 +202,7 @@ def test_expand_refuses_a_plan_outside_the_model_and_skips_a_repeat(gts_setup, t
     assert "already holds this expansion" in again.stdout
 
 
+@pytest.mark.slow
 def test_placement_trains_each_ep_rank_on_its_groups_and_matches_alltoall(gts_setup, tmp_path):
     """moe.placement at EP=2: each EP rank reads only its group's languages, so the group
     dispatcher (which refuses any token routed to the other rank) skips the all-to-all; megatron's

@@ -1,6 +1,6 @@
 """The csrc group-dispatch ops (against a plain-torch reference, gradcheck, registrations, bad
 input, the fallback), the CUDA sources' nvcc compile, and group-aware placement at EP=2. The
-dispatcher against megatron's alltoall in training loss at EP=2 is in test_gts.py's layouts."""
+dispatcher against megatron's alltoall in training loss at EP=2 is in integration/test_expand_train_gts.py's layouts; the CUDA kernels are in test_ops_dispatch_gpu.py."""
 import os
 import re
 import shutil
@@ -15,7 +15,7 @@ from gts_megatron import ops
 from gts_megatron.errors import GtsError
 from gts_megatron.runtime.distributed import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SHAPES = [(0, 4, 3), (1, 1, 1), (7, 3, 1), (33, 16, 8), (300, 64, 5), (1000, 8, 200)]
 
@@ -177,7 +177,7 @@ def _placement_worker(rank: int, port: int) -> None:
     from gts_megatron.config import MoEConfig, ParallelConfig, build_config
     from gts_megatron.model.dispatch import GroupTokenDispatcher
     from gts_megatron.model.gts import ROUTING, build_moe_model
-    from gts_megatron.plan.plan_file import Plan
+    from gts_megatron.contracts.plan import Plan
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
     parallel = ParallelConfig(expert=2)

@@ -10,8 +10,7 @@ import pytest
 
 from gts_megatron.plan.families import adjusted_rand_index
 from gts_megatron.probe.store import read_sketches
-from tests.conftest import TINY, assert_one_line_error, gts_cmd, gts_env, run_gts
-from tests.test_resume import kill_tree
+from tests.conftest import TINY, assert_one_line_error, gts_cmd, gts_env, kill_tree, run_gts
 
 # the paper's 8e-6 is for billion-parameter models, these have 90k; 1k tokens a step, not 16k
 LR = ["--lr", "1e-3", "--tokens-per-step", "1024"]
@@ -63,6 +62,7 @@ def test_plan_from_probes_recovers_the_planted_families(probed, tmp_path):
     assert adjusted_rand_index(truth, [plan["language_to_group"][n] for n in names]) == 1.0
 
 
+@pytest.mark.slow
 def test_gradient_probes_with_accumulated_tokens_recover_the_families(probed, tmp_path):
     """The first-order probe over 4 micro-batches a step: no weight moves, the families still come
     back, the delta is -lr x steps x the mean gradient (its norm scales with --lr), and probing

@@ -85,16 +85,3 @@ def test_adaptation_clones_the_nearest_expert_and_leaves_old_languages_exactly_a
                   str(gts_setup["data"]), "--out", str(again), check=False)
     assert_one_line_error(bad, f"--lang {old[0]} is already in the model")
     assert not again.exists()
-
-
-@pytest.mark.parametrize("gts, other, word", [
-    ([10.0, 10.2, 10.1], [12.0, 12.3, 11.9], "beats"),       # the intervals do not overlap
-    ([10.0, 11.0, 12.0], [11.5, 12.5, 13.0], "level with"),  # lower on average, but within the spread
-    ([12.0, 12.3, 11.9], [10.0, 10.2, 10.1], "loses to"),
-])
-def test_gts_beats_an_arm_only_beyond_the_seed_spread(gts, other, word):
-    from gts_megatron.experiment.seeds import spread, verdict
-
-    result = verdict(spread(gts), spread(other))
-    assert result["word"] == word and result["seeds"] == 3
-    assert result["seed_wins"] == sum(g < o for g, o in zip(gts, other))

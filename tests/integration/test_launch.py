@@ -145,6 +145,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
 
 
+@pytest.mark.slurm
 def test_two_task_tp2_training_job(slurm, tmp_path):
     """srun starts 2 tasks (TP=2 on gloo); run dir and env values full of shell metacharacters."""
     run_dir = tmp_path / NASTY
@@ -167,6 +168,8 @@ def test_two_task_tp2_training_job(slurm, tmp_path):
     assert _losses(run_dir) == pytest.approx(_losses(tmp_path / "local"), rel=1e-6)
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_time_limit_and_preemption_checkpoint_requeue_and_resume(slurm, tmp_path):
     """USR1 (what --signal sends before the time limit): torchrun's workers checkpoint and the job
     requeues itself; then a job in the higher-priority partition preempts it: the workers
@@ -195,6 +198,7 @@ def test_time_limit_and_preemption_checkpoint_requeue_and_resume(slurm, tmp_path
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "iter_0000200"
 
 
+@pytest.mark.slurm
 def test_status_and_cancel(slurm, tmp_path):
     job = _launch(slurm, tmp_path, "slurm", "--job-name", "long", "--", "pretrain", "--config", TINY,
                   "--run-dir", "run", "--set", "train.steps=100000", "--set", "train.save_interval=100000")
@@ -209,6 +213,7 @@ def test_status_and_cancel(slurm, tmp_path):
     assert list((tmp_path / "run" / "checkpoints").glob("iter_*"))
 
 
+@pytest.mark.slurm
 def test_probe_job_array_probes_every_language(slurm, tmp_path, probe_setup):
     job = _launch(slurm, tmp_path, "probe-array", "--job-name", "pa", "--array-parallel", "2", "--",
                   "probe", "--base", str(probe_setup["base"]), "--data", str(probe_setup["data"]), *PROBE_ARGS,
@@ -223,6 +228,7 @@ def test_probe_job_array_probes_every_language(slurm, tmp_path, probe_setup):
         assert norms == pytest.approx(probe_setup["results"][lang], rel=1e-6)
 
 
+@pytest.mark.slurm
 def test_ray_cluster_on_slurm_runs_the_probe_fleet(slurm, tmp_path, probe_setup):
     job = _launch(slurm, tmp_path, "ray", "--job-name", "rayf", "--cpus-per-task", "2",
                   "--ray-object-store-mb", "200", "--", "probe", "--base", str(probe_setup["base"]),

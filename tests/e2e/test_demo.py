@@ -12,6 +12,8 @@ from tests.conftest import assert_one_line_error, files_under, gts_cmd, gts_env,
 
 README = "# project\n\n## Results\n\n<!-- demo-results:begin -->\nold numbers\n<!-- demo-results:end -->\n\nrest\n"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):

@@ -21,6 +21,7 @@ ALL_ARMS = ["dense", "gts-alltoall", "gts-group", "gts-placement", "authors-zero
 TINY_BENCH = ["--preset", "tiny", "--experts", "2", "--micro-batch-size", "2", "--seq-length", "32"]
 
 
+@pytest.mark.slow
 def test_bench_train_measures_every_arm_at_ep2(tmp_path):
     out = tmp_path / "result.json"
     work = tmp_path / "work"

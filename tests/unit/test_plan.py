@@ -14,7 +14,7 @@ from gts_megatron.plan import grouping
 from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers
 from tests.conftest import assert_one_line_error, run_gts
 
-STATS = Path(__file__).parent / "fixtures" / "paper-delta-stats"
+STATS = Path(__file__).parents[1] / "fixtures" / "paper-delta-stats"
 
 
 @pytest.mark.parametrize("model, epsilon, expected", [

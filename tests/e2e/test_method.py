@@ -4,8 +4,12 @@ model's capacity; probes find the families, the plan groups by them, and at equa
 beats both dense continued training and random groups of the same sizes, over training seeds."""
 import json
 
+import pytest
+
 from gts_megatron.plan.families import adjusted_rand_index
 from tests.conftest import TINY, run_gts
+
+pytestmark = pytest.mark.slow
 
 TRAIN = ["--set", "train.micro_batch_size=8", "--set", "train.global_batch_size=16", "--set", "train.seq_length=64",
          "--set", "train.lr=3e-3", "--set", "train.min_lr=3e-4", "--set", "train.warmup_steps=10",

@@ -5,30 +5,9 @@ import json
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from tests.conftest import TINY, assert_one_line_error, files_under, run_gts
+from tests.conftest import TINY, WORDS, assert_one_line_error, documents, files_under, run_gts, write_corpus
 
-WORDS = {"en": "the cat sat on a mat and the dog ran to the park".split(),
-         "de": "der Hund lief in den Park und die Katze sass auf der Matte".split(),
-         "fr": "le chat est sur le tapis et le chien court au parc".split()}
 SMALL = ["--vocab-size", "300", "--sample-characters", "10000"]
-
-
-def documents(lang: str, n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct pseudo-sentences in the words of ``lang``."""
-    words = WORDS[lang]
-    return [" ".join(words[(i * 7 + j * (seed + 3)) % len(words)] for j in range(5 + i % 9)) + f" {i}"
-            for i in range(n)]
-
-
-def write_corpus(root, docs_per_lang: int = 60):
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "en.txt").write_text("\n".join(documents("en", docs_per_lang)) + "\n")
-    (root / "de.txt").write_text("\n\n".join(d.replace(" und ", "\nund ") for d in documents("de", docs_per_lang)) + "\n")
-    with gzip.open(root / "fr.jsonl.gz", "wt", encoding="utf-8") as f:
-        for d in documents("fr", docs_per_lang):
-            f.write(json.dumps({"text": d, "id": 1}) + "\n")
-    (root / "sources.json").write_text(json.dumps({"en": {"source": "test", "licence": "CC0"}}))
-    return root
 
 
 def prepare(corpus, out, *extra, check=True):

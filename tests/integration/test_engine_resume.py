@@ -5,11 +5,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 import pytest
 
-from tests.conftest import TINY, gts_cmd, gts_env, indexed_args, run_gts, train_losses, valid_loss
+from tests.conftest import TINY, gts_cmd, gts_env, indexed_args, kill_tree, run_gts, train_losses, valid_loss
 
 # dropout on, so the resumed run must also restore every rank's RNG streams to match
 RESUME_ARGS = ["--config", TINY, "--nproc-per-node", "2", "--set", "parallel.tensor=2",
@@ -22,15 +20,6 @@ def latest_step(run: Path) -> int:
     return int(pointer.read_text().strip().split("_")[1]) if pointer.exists() else 0
 
 
-def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    tree = psutil.Process(proc.pid)
-    for p in [tree, *tree.children(recursive=True)]:
-        try:
-            p.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-
-
 def resume_args(case: str, request) -> list[str]:
     if case == "synthetic":
         return RESUME_ARGS
@@ -41,6 +30,7 @@ def resume_args(case: str, request) -> list[str]:
                                               "--set", f"train.init_from={setup['moe']}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["synthetic", "language-mixture", "gts-stage-group"])
 def test_kill_9_then_resume_is_bitwise_identical(tmp_path, case, request):
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -106,6 +96,7 @@ def test_a_signal_that_lands_while_ranks_agree_is_not_lost():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_tp2_checkpoint_loads_at_tp1_with_the_same_loss(tmp_path):
     tp2, tp1 = tmp_path / "tp2", tmp_path / "tp1"
     run_gts("pretrain", "--run-dir", str(tp2), "--config", TINY, "--nproc-per-node", "2",

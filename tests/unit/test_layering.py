@@ -1,0 +1,115 @@
+"""The package's import layering, read from the AST of every module: the lower layers import no
+pipeline stage, and no module imports itself back through others (imports inside functions count
+too: a cycle hidden in a function is still a cycle)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "gts_megatron"
+# what every stage builds on; none of it may import a stage
+LOWER = {"config", "runtime", "model", "engine", "data", "ops", "contracts", "errors", "artifacts", "figures"}
+# the pipeline's stages, the tools around them and the CLI, which may import the lower layers
+STAGES = {"base", "probe", "plan", "expand", "train", "eval", "experiment", "adapt", "demo", "bench", "launch", "hf",
+          "cli", "cli_flags"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    if node.level:  # relative: from the module's package, up level - 1 packages
+        base = module.split(".") if is_package else module.split(".")[:-1]
+        base = base[:len(base) - node.level + 1]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    return [target] + [f"{target}.{alias.name}" for alias in node.names]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (the deepest module each import names)."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            for name in _imported(node, module, path.name == "__init__.py"):
+                while name.startswith("gts_megatron") and name not in files:
+                    name = name.rpartition(".")[0]
+                if name.startswith("gts_megatron") and name != module:
+                    edges.add(name)
+        graph[module] = edges
+    return graph
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_every_top_level_module_has_a_layer():
+    layers = {_layer(m) for m in import_graph()} - {"", "_C"}
+    assert layers <= LOWER | STAGES, f"place {sorted(layers - LOWER - STAGES)} in LOWER or STAGES"
+
+
+def test_lower_layers_import_no_stage():
+    upward = [f"{module} -> {target}" for module, targets in import_graph().items() if _layer(module) in LOWER
+              for target in sorted(targets) if _layer(target) in STAGES]
+    assert not upward, "lower layers importing a stage:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles():
+    assert _cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    # the check above is only as good as this: a three-module loop and a self-contained pair
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
