@@ -8,7 +8,8 @@ from gts_megatron.config import RunConfig
 from gts_megatron.data.mixture import LanguageMixture, check_data
 from gts_megatron.data.placement import Placement
 from gts_megatron.data.synthetic import SyntheticTokens
-from gts_megatron.engine.loop import TrainResult, train
+from gts_megatron.engine.loop import TrainResult
+from gts_megatron.engine.trainer import TrainSpec, train
 from gts_megatron.engine.session import training_session
 from gts_megatron.model.llama import build_model, count_parameters, transformer_config
 
@@ -49,5 +50,5 @@ def pretrain(cfg: RunConfig, run_dir: Path) -> TrainResult:
         config = transformer_config(cfg.model, cfg.parallel)
         model = build_model(cfg.model, config)
         dataset = build_dataset(cfg, run_dir)
-        return train(cfg, run_dir, runtime, model, config, dataset, desc="pretrain",
-                     record={"stage": "pretrain", "tokenizer": tokenizer_record(dataset)})
+        return train(cfg, run_dir, runtime, TrainSpec(model, config, dataset, desc="pretrain", record={
+            "stage": "pretrain", "tokenizer": tokenizer_record(dataset)}))

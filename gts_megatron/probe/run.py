@@ -65,7 +65,7 @@ def _train_megatron(cfg: ProbeConfig, run_cfg: RunConfig, model_cfg: ModelConfig
     """Fine-tune from ``base`` on the megatron-core engine; (before, after) of the named weights."""
     from gts_megatron.base.pretrain import build_dataset
     from gts_megatron.engine.checkpoint import load_checkpoint, unwrap
-    from gts_megatron.engine.loop import train
+    from gts_megatron.engine.trainer import TrainSpec, train
     from gts_megatron.engine.session import training_session
     from gts_megatron.model.llama import build_model, transformer_config
 
@@ -75,8 +75,8 @@ def _train_megatron(cfg: ProbeConfig, run_cfg: RunConfig, model_cfg: ModelConfig
         model = build_model(run_cfg.model, config)
         load_checkpoint(base, model, model_cfg)
         before = {n: p.detach().float().clone() for n, p in unwrap(model).named_parameters() if n.endswith(names)}
-        train(run_cfg, run_dir, runtime, model, config, build_dataset(run_cfg, run_dir),
-              desc=f"probe {run_cfg.data.languages[0]}", save=False)
+        train(run_cfg, run_dir, runtime, TrainSpec(model, config, build_dataset(run_cfg, run_dir),
+                                                   desc=f"probe {run_cfg.data.languages[0]}", save=False))
         after = {n: p.detach().float().clone() for n, p in unwrap(model).named_parameters() if n.endswith(names)}
     return before, after
 

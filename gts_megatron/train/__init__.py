@@ -20,7 +20,8 @@ from gts_megatron.base.pretrain import build_dataset, tokenizer_record
 from gts_megatron.config import RunConfig
 from gts_megatron.data.placement import Placement
 from gts_megatron.engine.checkpoint import unwrap
-from gts_megatron.engine.loop import TrainResult, lm_forward_step, train
+from gts_megatron.engine.loop import TrainResult, lm_forward_step
+from gts_megatron.engine.trainer import TrainSpec, train
 from gts_megatron.engine.session import training_session
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import ROUTING, build_moe_model, handover_share, moe_parameter_counts
@@ -85,8 +86,9 @@ def train_stage(cfg: RunConfig, run_dir: Path,
         record = {"stage": cfg.moe.stage, "topk": cfg.moe.topk if cfg.moe.stage == "learned" else 1,
                   "plan": plan.model_dump(mode="json"), "tokenizer": tokenizer_record(dataset)}
         try:
-            return train(cfg, run_dir, runtime, model, config, dataset, gts_forward_step,
-                         desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan), record=record, order=order,
-                         before_step=lambda step: setattr(ROUTING, "handover", handover_share(step, handover_steps)))
+            return train(cfg, run_dir, runtime, TrainSpec(
+                model, config, dataset, gts_forward_step, desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan),
+                record=record, order=order,
+                on_step_start=lambda step: setattr(ROUTING, "handover", handover_share(step, handover_steps))))
         finally:
             ROUTING.handover = None
