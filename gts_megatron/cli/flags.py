@@ -33,12 +33,13 @@ def add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> No
     for name in names:
         field = section.model_fields[name]
         flag = "--" + name.replace("_", "-")
+        description = (field.description or "").replace("%", "%%")  # argparse formats help with %
         if field.annotation is bool:
-            p.add_argument(flag, action="store_true", default=None, help=field.description)
+            p.add_argument(flag, action="store_true", default=None, help=description)
             continue
         default = field.get_default(call_default_factory=True)
         shown = ",".join(default) if isinstance(default, list) else default
-        help_text = f"{field.description} (default {shown})"
+        help_text = f"{description} (default {shown})"
         if typing.get_origin(field.annotation) is Literal:
             choices = typing.get_args(field.annotation)
             p.add_argument(flag, type=type(choices[0]), choices=choices, help=help_text)

@@ -5,28 +5,7 @@ import argparse
 from pathlib import Path
 
 
-def cmd_import_hf(args: argparse.Namespace) -> int:
-    """A Hugging Face Llama/Mistral/Qwen2 folder -> a megatron dist-checkpoint (checked against transformers)."""
-    from gts_megatron.hf.convert import import_hf
-
-    import_hf(Path(args.source), Path(args.out), dtype=args.dtype, verify=args.verify, force=args.force)
-    return 0
-
-
-def cmd_export_hf(args: argparse.Namespace) -> int:
-    """A dense checkpoint -> a Hugging Face folder of its family (config.json, safetensors, tokenizer)."""
-    from gts_megatron.hf.convert import export_hf
-
-    export_hf(Path(args.checkpoint), Path(args.out), architecture=args.architecture,
-              tokenizer_dir=Path(args.tokenizer_dir) if args.tokenizer_dir else None, force=args.force)
-    return 0
-
-
-def add_hf_parsers(sub) -> None:
-    """The import-hf and export-hf sub-commands."""
-    from gts_megatron.hf.config_map import FAMILIES
-
-    p = sub.add_parser("import-hf", help=cmd_import_hf.__doc__, description=cmd_import_hf.__doc__)
+def import_hf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="HF checkpoint folder: config.json, model.safetensors or shards + index, tokenizer")
     p.add_argument("--out", required=True, help="checkpoint folder to write (iter_0000000, latest, config.yaml, hf/)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
@@ -35,13 +14,29 @@ def add_hf_parsers(sub) -> None:
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip comparing logits with transformers (which holds a second fp32 copy of the model)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.set_defaults(func=cmd_import_hf)
 
-    p = sub.add_parser("export-hf", help=cmd_export_hf.__doc__, description=cmd_export_hf.__doc__)
+
+def import_hf(args: argparse.Namespace, _options) -> int:
+    from gts_megatron.hf.convert import import_hf as run_import
+
+    run_import(Path(args.source), Path(args.out), dtype=args.dtype, verify=args.verify, force=args.force)
+    return 0
+
+
+def export_hf_arguments(p: argparse.ArgumentParser) -> None:
+    from gts_megatron.hf.config_map import FAMILIES
+
     p.add_argument("checkpoint", help="dense checkpoint (or a checkpoints folder: its latest)")
     p.add_argument("--out", required=True, help="HF folder to write")
     p.add_argument("--architecture", choices=sorted(FAMILIES),
                    help="family to write (default: the imported one; else Qwen2 with QKV biases, Llama without)")
     p.add_argument("--tokenizer-dir", help="copy tokenizer files from here (default: the import's hf/ folder)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.set_defaults(func=cmd_export_hf)
+
+
+def export_hf(args: argparse.Namespace, _options) -> int:
+    from gts_megatron.hf.convert import export_hf as run_export
+
+    run_export(Path(args.checkpoint), Path(args.out), architecture=args.architecture,
+               tokenizer_dir=Path(args.tokenizer_dir) if args.tokenizer_dir else None, force=args.force)
+    return 0

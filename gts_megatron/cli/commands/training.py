@@ -1,0 +1,124 @@
+"""`gts pretrain`, `train`, `experiment`, `adapt` and `demo`: the commands that train."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gts_megatron.errors import GtsError
+
+
+def _run_arguments(p: argparse.ArgumentParser, default_run_dir: str) -> None:
+    p.add_argument("--config", help="run config YAML (see `gts config show`); defaults if omitted")
+    p.add_argument("--run-dir", default=default_run_dir, help="where the run's artifacts go")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config field (repeatable), e.g. --set train.steps=20")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="processes to start on this machine (ignored under torchrun or srun)")
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    argv = [args.command, "--run-dir", args.run_dir]
+    if getattr(args, "stage", None):
+        argv += ["--stage", args.stage]
+    if args.config:
+        argv += ["--config", args.config]
+    for item in args.set:
+        argv += ["--set", item]
+    return argv
+
+
+def _run_training(args: argparse.Namespace, cfg, stage) -> int:
+    """Check what can be checked before any process starts, then run ``stage(cfg, run_dir)``
+    here or in ``--nproc-per-node`` local workers."""
+    from gts_megatron.runtime.launch import in_launched_worker, launch_local
+
+    if not in_launched_worker():
+        if args.nproc_per_node < 1:
+            raise GtsError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1")
+        from gts_megatron.train.preflight import preflight
+
+        preflight(cfg, args.nproc_per_node)  # refuse a bad run before spawning
+        if args.nproc_per_node > 1:
+            return launch_local(_worker_argv(args), args.nproc_per_node)
+    result = stage(cfg, Path(args.run_dir))
+    return 128 + result.interrupted_by if result.interrupted_by else 0
+
+
+def pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    _run_arguments(p, "runs/pretrain")
+
+
+def pretrain(args: argparse.Namespace, _options) -> int:
+    from gts_megatron.base.pretrain import pretrain as run_pretrain
+    from gts_megatron.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if cfg.moe.plan:
+        raise GtsError("moe.plan is set: pretrain builds the dense base model; use `gts train` for the MoE")
+    return _run_training(args, cfg, run_pretrain)
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    _run_arguments(p, "runs/train")
+    p.add_argument("--stage", choices=["group", "learned"], required=True,
+                   help="group: stage 1, routed by language group; learned: stage 2, top-k router")
+
+
+def train(args: argparse.Namespace, _options) -> int:
+    from gts_megatron.config import load_config
+    from gts_megatron.train import train_stage
+
+    cfg = load_config(args.config, [f"moe.stage={args.stage}", *args.set])
+    return _run_training(args, cfg, train_stage)
+
+
+def experiment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="run config YAML whose train section every arm uses (its model is the base's)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config field, e.g. --set train.steps=200 (steps per arm)")
+    p.add_argument("--run-dir", default="runs/experiment", help="arms, evaluations and results go here")
+
+
+def experiment(args: argparse.Namespace, options) -> int:
+    from gts_megatron.config import load_config
+    from gts_megatron.experiment import run_experiment, run_seeds
+
+    (run_seeds if options.train_seeds else run_experiment)(options, load_config(args.config, args.set),
+                                                            Path(args.run_dir))
+    return 0
+
+
+def adapt_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/adapt/<lang>")
+    p.add_argument("--out", help="adaptation directory (overrides --run-dir)")
+
+
+def adapt(args: argparse.Namespace, options) -> int:
+    from gts_megatron.adapt import adapt as run_adapt
+
+    run_adapt(options, Path(args.out or Path(args.run_dir) / "adapt" / options.lang))
+    return 0
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="where everything goes (default runs/demo, runs/demo-quick or runs/demo-full)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="6 languages and a few steps per stage: a pipeline check (about 1.5 minutes)")
+    size.add_argument("--full", action="store_true",
+                      help="probes of 4,096 tokens per step, 150 steps per arm, 3 training seeds (about half "
+                           "an hour)")
+    p.add_argument("--readme", help="also write the report's results section into this README")
+
+
+def demo(args: argparse.Namespace, _options) -> int:
+    from gts_megatron.demo import run_demo
+    from gts_megatron.demo.report import update_readme
+
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    run_dir = Path(args.run_dir or {"quick": "runs/demo-quick", "full": "runs/demo-full", "default": "runs/demo"}[mode])
+    report = run_demo(run_dir, mode, log=lambda line: print(line, flush=True))  # prompt in pipes and logs
+    if args.readme:
+        update_readme(Path(args.readme), report)
+        print(f"updated the results section of {args.readme}")
+    return 0
