@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from gts_megatron.errors import GtsError
 
@@ -40,6 +41,26 @@ def staged_directory(target: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _refuse_duplicate_keys(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"key {twice[0][:80]!r} is given twice in one object")
+    return dict(pairs)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, strictly: UTF-8, and no key given twice in one object (plain json keeps the
+    last one silently). A one-line GtsError naming the file otherwise."""
+    data = Path(path).read_bytes()
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+    except UnicodeDecodeError as exc:
+        raise GtsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise GtsError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -52,8 +73,6 @@ def file_sha256(path: Path) -> str:
 def claim_directory(out: Path, inputs: dict, what: str) -> None:
     """Make ``out`` the home of work on ``inputs`` (recorded in ``out/inputs.json``), or refuse it
     when it holds work on other inputs: resuming from those would mix two experiments."""
-    import json
-
     record = out / "inputs.json"
     if record.is_file():
         held = json.loads(record.read_text())

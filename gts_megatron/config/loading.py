@@ -12,8 +12,43 @@ from pydantic import ValidationError
 from gts_megatron.config.run import RunConfig, _Section
 from gts_megatron.errors import GtsError
 
+MAX_EXPANDED_NODES = 100_000  # a config has hundreds of values; an alias bomb has billions
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Values in ``node`` once every alias is written out (memoised: aliases share nodes)."""
+    if id(node) not in sizes:
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (YAML 1.1 wants a dot, users do not write one)."""
+    """SafeLoader that reads 1e-3 as a float (YAML 1.1 wants a dot, users do not write one),
+    refuses a key given twice in one mapping (YAML would keep the last silently) and bounds
+    alias expansion."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise yaml.YAMLError(f"its aliases (*name) expand to more than {MAX_EXPANDED_NODES} values; "
+                                 f"write the values out")
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {str(key)[:80]!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -30,7 +65,18 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise GtsError(f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0][:200]
+        raise GtsError(f"{source}{where}: not valid YAML ({problem})") from None
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's contents, or a one-line GtsError at the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GtsError(f"{path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                       f"save it as UTF-8") from None
 
 
 def model_presets() -> list[str]:
@@ -107,7 +153,7 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> RunCon
         p = Path(path)
         if not p.is_file():
             raise GtsError(f"config file {p} does not exist")
-        raw = parse_yaml(p.read_text(), source) or {}
+        raw = parse_yaml(read_utf8(p), source) or {}
     if overrides:
         if not isinstance(raw, dict):
             raise GtsError(f"{source}: expected a mapping with sections model, parallel, train, data")

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.artifacts import atomic_write_text, read_json
 from gts_megatron.errors import GtsError
 
 FORMAT = "gts-plan/1"
@@ -85,13 +85,11 @@ def load_plan(path: Path) -> Plan:
     if not path.is_file():
         raise GtsError(f"plan {path} does not exist; make one with `gts plan`")
     try:
-        return Plan.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, ValidationError):
-            error = exc.errors()[0]
-            where = ".".join(map(str, error["loc"]))
-            raise GtsError(f"{path}: {where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}") from None
-        raise GtsError(f"{path}: not valid JSON ({exc})") from None
+        return Plan.model_validate(read_json(path))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        raise GtsError(f"{path}: {where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}") from None
 
 
 def write_plan(path: Path, plan: Plan) -> None:

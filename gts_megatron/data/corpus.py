@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
+from gts_megatron.artifacts import read_json
 from gts_megatron.errors import GtsError
 
 SOURCES_FILE = "sources.json"
@@ -108,10 +109,7 @@ def _read_sources(root: Path) -> dict[str, dict]:
     path = root / SOURCES_FILE
     if not path.is_file():
         return {}
-    try:
-        sources = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GtsError(f"{path}: not valid JSON ({exc})") from None
+    sources = read_json(path)
     if not isinstance(sources, dict) or not all(isinstance(v, dict) for v in sources.values()):
         raise GtsError(f"{path}: expected an object mapping language code -> {{source, licence, ...}}")
     return sources

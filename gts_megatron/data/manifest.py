@@ -14,7 +14,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gts_megatron.artifacts import file_sha256
+from gts_megatron.artifacts import file_sha256, read_json
 from gts_megatron.data.tokenizer import Tokenizer
 from gts_megatron.errors import GtsError
 
@@ -88,8 +88,8 @@ def load_manifest(data_dir: Path) -> Manifest:
         raise GtsError(f"{data_dir} has no {MANIFEST_FILE}; build it with `gts data prepare` "
                        f"or `gts data synthetic`")
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, ValidationError) as exc:
+        manifest = Manifest.model_validate(read_json(path))
+    except ValidationError as exc:
         first = exc.errors()[0] if isinstance(exc, ValidationError) else None
         what = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else str(exc)
         raise GtsError(f"{path}: not a valid data manifest ({what})") from None

@@ -23,6 +23,10 @@ def test_exponent_floats_without_dot_are_floats(tmp_path):
     assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.min_lr == pytest.approx(5e-5)
 
 
+_ALIAS_BOMB = "".join(f"{name}: &{name} [{', '.join([f'*{prev}' if prev else 'x'] * 9)}]\n"
+                      for prev, name in zip(["", "a", "b", "c", "d", "e", "f"], "abcdefg")) + "train: *g\n"
+
+
 @pytest.mark.parametrize("text, expected", [
     ("model:\n  hiden_size: 64\n", "unknown field model.hiden_size; valid fields: num_layers"),
     ("model:\n  hidden_size: big\n", "model.hidden_size: Input should be a valid integer (got 'big')"),
@@ -33,16 +37,26 @@ def test_exponent_floats_without_dot_are_floats(tmp_path):
     ("model:\n  num_attention_heads: 4\n  num_query_groups: 3\n", "not divisible by num_query_groups 3"),
     ("data:\n  kind: webtext\n", "data.kind: Input should be 'synthetic'"),
     ("model: giant\n", "unknown preset 'giant'; valid presets: llama-1b, small, tiny"),
-    ("train: [1, 2\n", "is not valid YAML"),
+    ("train: [1, 2\n", "not valid YAML"),
     ("bogus:\n  x: 1\n", "unknown field bogus; valid fields: model, parallel, train, data"),
     ("train:\n  global_batch_size: 6\n  micro_batch_size: 4\n", "not a multiple of micro_batch_size 4"),
+    ("train:\n  steps: 3\n  lr: 1.0e-3\n  steps: 4\n", "line 4: not valid YAML (key 'steps' is given twice"),
+    ("model:\n  hidden_size: 64\nmodel:\n  hidden_size: 32\n", "key 'model' is given twice"),
+    (_ALIAS_BOMB, "aliases (*name) expand to more than 100000 values"),
 ])
 def test_bad_config_names_the_problem(tmp_path, text, expected):
     with pytest.raises(GtsError) as info:
         load_config(write(tmp_path, text))
     message = str(info.value)
-    assert expected in message and "\n" not in message
+    assert expected in message and "\n" not in message and len(message) < 400
     assert str(tmp_path / "run.yaml") in message
+
+
+def test_a_config_that_is_not_utf8_names_the_byte(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes("train:\n  steps: 3\n# café\n".encode("latin-1"))
+    with pytest.raises(GtsError, match=r"run.yaml: not UTF-8 text \(byte 23: b'\\xe9'\)"):
+        load_config(path)
 
 
 def test_overrides_apply_and_are_validated():

@@ -154,3 +154,17 @@ def test_bad_plan_input_is_refused_with_nothing_written(tmp_path, case, fragment
     proc = run_gts("plan", "--probes", str(tmp_path / "probes"), *args, "--out", str(tmp_path / "plan"), check=False)
     assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "plan").exists()
+
+
+def test_a_plan_json_that_names_a_language_twice_is_refused_not_read_as_the_last(tmp_path):
+    from gts_megatron.contracts.plan import load_plan
+    from gts_megatron.errors import GtsError
+
+    path = tmp_path / "plan.json"
+    path.write_text('{"languages": ["de", "en"], "language_to_group": {"de": 0, "en": 1, "de": 1}, '
+                    '"group_to_expert": [0, 1], "num_experts": 2, "moe_layers": [1]}')
+    with pytest.raises(GtsError, match=r"plan.json: not valid JSON \(key 'de' is given twice in one object\)"):
+        load_plan(path)
+    path.write_bytes(b'{"languages": ["d\xe9"]}')
+    with pytest.raises(GtsError, match=r"plan.json: not UTF-8 text \(byte 17\)"):
+        load_plan(path)
