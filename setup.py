@@ -37,6 +37,7 @@ INSTALL_REQUIRES = [
     "psutil>=5.9",
     "numpy>=1.26,<3",
     "sentencepiece==0.2.3",
+    "protobuf>=4.21,<8",  # sentencepiece_model_pb2: the tokenizer is written without its training paths
     "ray[default]==2.60.0",
     "deepspeed==0.19.8",
     "pydantic>=2.7,<3",

@@ -116,4 +116,19 @@ def train_sentencepiece(sample_file: Path, out_dir: Path, vocab_size: int, model
         raise GtsError(f"SentencePiece training failed: {str(exc).splitlines()[-1]}; "
                        f"try a smaller --vocab-size or more text") from None
     os.remove(f"{prefix}.vocab")  # the .model holds the vocabulary too
+    _strip_training_paths(Path(f"{prefix}.model"))
     return Tokenizer(Path(f"{prefix}.model"))
+
+
+def _strip_training_paths(model_file: Path) -> None:
+    """SentencePiece records its trainer's input file, output prefix and thread count in the
+    model; here they name a temporary folder and a machine, so the same corpus would give
+    tokenizers with different bytes (and checksums). They play no part in tokenizing: fix them."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_file.read_bytes())
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.model_prefix = "tokenizer"
+    proto.trainer_spec.num_threads = 1
+    model_file.write_bytes(proto.SerializeToString())

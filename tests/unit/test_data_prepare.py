@@ -116,3 +116,14 @@ def test_tokenizer_not_matching_the_manifest_is_refused(tmp_path):
                    "--set", "train.seq_length=8", check=False)
     assert_one_line_error(proc, "tokenizer.model does not match the manifest")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_same_corpus_prepared_twice_gives_byte_identical_data(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    prepare(corpus, tmp_path / "one")
+    prepare(corpus, tmp_path / "two")
+    one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    two = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}
+    assert sorted(one) == sorted(two) and any(p.name == "tokenizer.model" for p in one)
+    assert [p for p in one if one[p] != two[p]] == []
+    assert str(tmp_path).encode() not in one[next(p for p in one if p.name == "tokenizer.model")]
