@@ -25,12 +25,12 @@ from gts_megatron.artifacts import atomic_write_text, claim_directory
 from gts_megatron.config import AdaptConfig, MoEConfig, ParallelConfig, build_config
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.data.mixture import check_data
-from gts_megatron.engine.checkpoint import finished_checkpoint as finished, save_checkpoint, unwrap
+from gts_megatron.engine.checkpoint import finished_checkpoint as finished, unwrap, write_moe_checkpoint
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.load import TrainedModel
 from gts_megatron.eval.perplexity import evaluate_cached
 from gts_megatron.model.gts import build_moe_model
-from gts_megatron.contracts.plan import Plan, moe_identity, write_plan
+from gts_megatron.contracts.plan import Plan, write_plan
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
 _EXPERT = re.compile(r"\.mlp\.experts\.local_experts\.(\d+)\.")
@@ -76,10 +76,7 @@ def write_extended_checkpoint(old: TrainedModel, plan: Plan, source_expert: int,
             state = cloned_state(unwrap(old_model).state_dict(), unwrap(new_model).state_dict(),
                                  source_expert, plan.num_experts - 1)
             unwrap(new_model).load_state_dict(state, strict=False)
-        return save_checkpoint(out, 0, new_model, None, None, {"step": 0, "consumed_samples": 0}, old.config,
-                               keep=1, moe=moe_identity(plan),
-                               record={"stage": "expand", "topk": 1, "plan": plan.model_dump(mode="json"),
-                                       "tokenizer": old.meta.get("tokenizer")})
+        return write_moe_checkpoint(out, new_model, old.config, plan, old.meta.tokenizer)
     finally:
         shutdown_runtime()
 

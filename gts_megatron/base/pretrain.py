@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from gts_megatron.config import RunConfig
+from gts_megatron.contracts.checkpoint import CheckpointRecord, TokenizerRecord
 from gts_megatron.data.mixture import LanguageMixture, check_data
 from gts_megatron.data.placement import Placement
 from gts_megatron.data.synthetic import SyntheticTokens
@@ -34,21 +35,11 @@ def build_dataset(cfg: RunConfig, run_dir: Path, language_to_group: Optional[dic
                            placement=placement)
 
 
-def tokenizer_record(dataset) -> Optional[dict]:
-    """The identity of the tokens a model trains on: its checkpoints record it, and evaluation
-    refuses data tokenized otherwise. None for synthetic tokens (no tokenizer)."""
-    manifest = getattr(dataset, "manifest", None)
-    if manifest is None:
-        return None
-    t = manifest.tokenizer
-    return {"kind": t.kind, "sha256": t.sha256, "vocab_size": t.vocab_size, "eod": t.eod}
-
-
 def pretrain(cfg: RunConfig, run_dir: Path) -> TrainResult:
     """Pretrain (or resume pretraining) a dense base model into ``run_dir``. Collective."""
     with training_session(cfg, run_dir, f"dense model: {count_parameters(cfg.model) / 1e6:.2f}M parameters") as runtime:
         config = transformer_config(cfg.model, cfg.parallel)
         model = build_model(cfg.model, config)
         dataset = build_dataset(cfg, run_dir)
-        return train(cfg, run_dir, runtime, TrainSpec(model, config, dataset, desc="pretrain", record={
-            "stage": "pretrain", "tokenizer": tokenizer_record(dataset)}))
+        return train(cfg, run_dir, runtime, TrainSpec(model, config, dataset, desc="pretrain", record=CheckpointRecord(
+            stage="pretrain", tokenizer=TokenizerRecord.of_dataset(dataset))))

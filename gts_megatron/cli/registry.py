@@ -83,9 +83,9 @@ COMMANDS = (
     Command("data synthetic", "data", "synthetic", "Write synthetic token languages with planted families (the "
             "true families in the manifest).", "SyntheticDataConfig", ("*",)),
     Command("import-hf", "hf", "import_hf", "A Hugging Face Llama/Mistral/Qwen2 folder -> a megatron "
-            "dist-checkpoint (checked against transformers)."),
-    Command("export-hf", "hf", "export_hf", "A dense checkpoint -> a Hugging Face folder of its family "
-            "(config.json, safetensors, tokenizer)."),
+            "dist-checkpoint (checked against transformers).", "ImportHfConfig", ("dtype", "force", "tolerance")),
+    Command("export-hf", "hf", "export_hf", "A checkpoint -> a Hugging Face folder: a dense model in its family's "
+            "format, a GtS model as GtsForCausalLM.", "ExportHfConfig", ("tokenizer_dir", "force", "tolerance")),
     Command("launch slurm", "launch", "slurm", "Run a gts command as a Slurm job: torchrun (or srun) on every "
             "node, requeued near the time limit.", "SlurmJobConfig",
             _JOB + ("nproc_per_node", "launcher", "signal_seconds", "max_requeues", "socket_ifname")),

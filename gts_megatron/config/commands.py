@@ -221,3 +221,37 @@ class AdaptConfig(EvalWindows):
     global_batch_size: int = Field(8, ge=1, description="sequences per step")
     seq_length: int = Field(128, ge=2, description="tokens per training sequence")
     seed: int = Field(1234, ge=0, description="seed of training and data order")
+
+
+class ImportHfConfig(_Section):
+    """`gts import-hf`: a Hugging Face Llama/Mistral/Qwen2 folder -> a megatron dist-checkpoint."""
+
+    source: str = Field(description="HF checkpoint folder: config.json, model.safetensors or shards + index, tokenizer")
+    out: str = Field(description="checkpoint folder to write (iter_0000000, latest, config.yaml, hf/)")
+    dtype: Optional[Literal["fp32", "bf16", "fp16"]] = Field(
+        None, description="parameter dtype with --no-verify (default: the folder's torch_dtype); checked imports "
+                          "are fp32 (train in bf16 with --set model.dtype=bf16)")
+    verify: bool = Field(True, description="compare logits with transformers (which holds a second fp32 copy of "
+                                           "the model)")
+    force: bool = Field(False, description="replace a non-empty --out")
+    tolerance: float = Field(1e-4, gt=0, description="largest logit difference from transformers that is accepted")
+
+    @model_validator(mode="after")
+    def _checked_imports_are_fp32(self) -> "ImportHfConfig":
+        if self.verify and self.dtype not in (None, "fp32"):
+            raise ValueError(f"--dtype {self.dtype}: the check against transformers compares fp32 logits; import "
+                             f"in fp32 and train with --set model.dtype={self.dtype}, or pass --no-verify")
+        return self
+
+
+class ExportHfConfig(_Section):
+    """`gts export-hf`: a checkpoint -> a Hugging Face folder (its family's format, or GtsForCausalLM)."""
+
+    checkpoint: str = Field(description="checkpoint (or a checkpoints folder: its latest)")
+    out: str = Field(description="HF folder to write")
+    architecture: Optional[str] = Field(
+        None, description="family to write (default: the imported one; else Qwen2 with QKV biases, Llama without)")
+    tokenizer_dir: Optional[str] = Field(
+        None, description="copy tokenizer files from here (default: the import's hf/ folder)")
+    force: bool = Field(False, description="replace a non-empty --out")
+    tolerance: float = Field(1e-4, gt=0, description="largest logit difference of the GtS export's self-check")

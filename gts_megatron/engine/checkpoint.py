@@ -11,7 +11,6 @@ in charge and never a half-written one.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -27,9 +26,11 @@ from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config import ModelConfig
+from gts_megatron.contracts.checkpoint import (META_FILE, CheckpointMeta, CheckpointRecord, TokenizerRecord,
+                                               file_checksums, read_meta, verify_files, write_meta)
+from gts_megatron.contracts.plan import Plan, moe_identity
 from gts_megatron.errors import GtsError
 
-META_FILE = "meta.json"
 LATEST_FILE = "latest"
 # model fields that decide parameter shapes: a checkpoint must agree on all of them
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
@@ -43,11 +44,18 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """The complete checkpoints under ``ckpt_root`` (those with a meta.json), oldest first."""
+    return sorted(p for p in ckpt_root.glob("iter_*") if (p / META_FILE).is_file())
+
+
 def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
-    """The newest complete checkpoint under ``ckpt_root``, or None when there is none."""
+    """The checkpoint ``latest`` names, or the newest complete one when ``latest`` is missing (a
+    deleted pointer never sends a run back to step 0 over its checkpoints); None when there is none."""
     pointer = ckpt_root / LATEST_FILE
     if not pointer.is_file():
-        return None
+        complete = complete_checkpoints(ckpt_root)
+        return complete[-1] if complete else None
     path = ckpt_root / pointer.read_text().strip()
     if not (path / META_FILE).is_file():
         raise GtsError(f"{pointer} names {path.name}, which is missing or incomplete; "
@@ -98,11 +106,11 @@ def _sharded_state(model, optimizer, scheduler, train_state, with_rng: bool, is_
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
                     train_state: dict, model_config: ModelConfig, keep: int, moe: Optional[dict] = None,
-                    record: Optional[dict] = None) -> Path:
+                    record: Optional[CheckpointRecord] = None) -> Path:
     """Save a training checkpoint for ``step`` (collective: every rank calls it). Without an
     optimizer and scheduler it holds the model weights only. ``moe`` (experts, MoE layers, plan
     checksum) goes into meta.json for an MoE model; so does ``record``, what evaluation needs to
-    know about how the model was trained (stage, plan, tokenizer)."""
+    know about how the model was trained (stage, plan, tokenizer), and every file's SHA-256."""
     name = f"iter_{step:07d}"
     final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
     is_main = dist.get_rank() == 0
@@ -115,12 +123,12 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
     dist_checkpointing.save(state, str(tmp))
     dist.barrier()
     if is_main:
-        meta = {"step": step, "world_size": dist.get_world_size(),
-                "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
-                "expert_parallel": parallel_state.get_expert_model_parallel_world_size(),
-                "model": model_config.model_dump(mode="json"), "train_state": dict(train_state), "moe": moe,
-                **(record or {})}
-        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2))
+        meta = CheckpointMeta(step=step, world_size=dist.get_world_size(),
+                              tensor_parallel=parallel_state.get_tensor_model_parallel_world_size(),
+                              expert_parallel=parallel_state.get_expert_model_parallel_world_size(),
+                              model=model_config, train_state=dict(train_state), moe=moe,
+                              files=file_checksums(tmp), **(record or CheckpointRecord()).model_dump())
+        write_meta(tmp, meta)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         atomic_write_text(ckpt_root / LATEST_FILE, name + "\n")
@@ -129,24 +137,18 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
     return final
 
 
+def write_moe_checkpoint(out: Path, model, model_config: ModelConfig, plan: Plan,
+                         tokenizer: Optional[TokenizerRecord]) -> Path:
+    """Save a freshly built MoE model (by `gts expand` or `gts adapt`) as step 0 of ``out``: weights
+    only, with its plan, so that stage 1 of training starts from it."""
+    return save_checkpoint(out, 0, model, None, None, {"step": 0, "consumed_samples": 0}, model_config, keep=1,
+                           moe=moe_identity(plan),
+                           record=CheckpointRecord(stage="expand", topk=1, plan=plan, tokenizer=tokenizer))
+
+
 def _prune(ckpt_root: Path, keep: int) -> None:
-    complete = sorted(p for p in ckpt_root.glob("iter_*") if (p / META_FILE).is_file())
-    for old in complete[:-keep]:
+    for old in complete_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def read_meta(path: Path) -> dict:
-    """The meta.json of checkpoint ``path``, or a GtsError saying what is wrong with it."""
-    meta_file = path / META_FILE
-    if not path.exists():
-        raise GtsError(f"checkpoint {path} does not exist")
-    if not meta_file.is_file():
-        raise GtsError(f"{path} is not a complete gts checkpoint (no {META_FILE}); "
-                       f"pass a directory like <run>/checkpoints/iter_0000010")
-    try:
-        return json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GtsError(f"{meta_file} is corrupt ({exc})") from None
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -159,19 +161,20 @@ def resolve_checkpoint(path: Path) -> Path:
 def finished_checkpoint(run_dir: Path, steps: int) -> Optional[Path]:
     """The final checkpoint of a stage already trained for ``steps`` steps, else None."""
     ckpt = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
-    return ckpt if ckpt is not None and read_meta(ckpt).get("step", 0) >= steps else None
+    return ckpt if ckpt is not None and read_meta(ckpt).step >= steps else None
 
 
-def check_model_matches(path: Path, meta: dict, model_config: ModelConfig, moe: Optional[dict] = None) -> None:
+def check_model_matches(path: Path, meta: CheckpointMeta, model_config: ModelConfig,
+                        moe: Optional[dict] = None) -> None:
     """Refuse a checkpoint whose parameter shapes differ from ``model_config`` (and, for an MoE
     model, whose experts or MoE layers differ from ``moe``)."""
-    saved = meta.get("model", {})
+    saved = meta.model.model_dump(mode="json")
     current = model_config.model_dump(mode="json")
     for field in SHAPE_FIELDS:
         if saved.get(field) != current[field]:
             raise GtsError(f"checkpoint {path} has model.{field}={saved.get(field)!r} but the config "
                            f"says {current[field]!r}; use the checkpoint's model config")
-    saved_moe = meta.get("moe")
+    saved_moe = meta.moe
     if moe is None and saved_moe is not None:
         raise GtsError(f"checkpoint {path} is an MoE model ({saved_moe['experts']} experts in layers "
                        f"{saved_moe['layers']}); set moe.plan to its plan")
@@ -207,13 +210,14 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
     """
     meta = read_meta(path)
     check_model_matches(path, meta, model_config, moe)
+    _verify_on_rank0(path, meta)
     full = optimizer is not None
     if full and _is_distributed_optimizer(optimizer) and not _have_apex_or_te():
         raise GtsError(f"resuming {path} needs apex or TransformerEngine: megatron-core 0.16.1 cannot "
                        f"reload its distributed optimizer's state without them; start a new run with "
                        f"train.init_from={path} (weights only) instead")
-    with_rng = full and meta.get("world_size") == dist.get_world_size()
-    train_state = meta.get("train_state", {}) if full else None
+    with_rng = full and meta.world_size == dist.get_world_size()
+    train_state = meta.train_state if full else None
     request = _sharded_state(model, optimizer, scheduler, train_state, with_rng, is_loading=True)
     try:
         loaded = dist_checkpointing.load(request, str(path))
@@ -228,6 +232,7 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing:
         raise GtsError(f"checkpoint {path} lacks {len(missing)} model tensors, e.g. {missing[0]}")
+    _refuse_non_finite(path, model)
     if full:
         optimizer.load_state_dict(loaded["optimizer"])
         if scheduler is not None:
@@ -235,4 +240,28 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
         if with_rng:
             _set_rng_state(loaded["rng"])
         return dict(loaded["train_state"])
-    return dict(meta.get("train_state", {}))
+    return dict(meta.train_state)
+
+
+def _verify_on_rank0(path: Path, meta: CheckpointMeta) -> None:
+    """Checksums, read once (on rank 0) and the verdict shared, so every rank refuses together."""
+    error = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            verify_files(path, meta)
+        except GtsError as exc:
+            error = str(exc)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        error = shared[0]
+    if error:
+        raise GtsError(error)
+
+
+def _refuse_non_finite(path: Path, model) -> None:
+    """A NaN or infinite weight is never trained on or evaluated: name the first such tensor."""
+    for name, param in unwrap(model).named_parameters():
+        if not torch.isfinite(param.detach()).all():
+            raise GtsError(f"checkpoint {path}: weight {name} holds NaN or infinite values; "
+                           f"use an earlier checkpoint")

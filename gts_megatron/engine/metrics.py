@@ -32,16 +32,22 @@ class RunLog:
         self.total_steps = total_steps
 
     def _truncate_after(self, step: int) -> None:
+        """Keep the steps up to the one the run continues from; the steps after it (trained past
+        the checkpoint before a crash, and about to be trained again) move to
+        metrics.superseded.jsonl, appended there, so no logged line is ever lost."""
         if not self.path.exists():
             return
-        kept = []
+        kept, superseded = [], []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                (kept if json.loads(line).get("step", 0) <= step else superseded).append(line)
             except json.JSONDecodeError:
-                break  # a line cut by a crash: it and what follows are dropped
-        tmp = self.path.with_suffix(".jsonl.tmp")
+                superseded.append(line)  # a line cut by a crash
+        if not superseded:
+            return
+        with (self.path.parent / "metrics.superseded.jsonl").open("a") as fh:
+            fh.write("".join(f"{line}\n" for line in superseded))
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         tmp.replace(self.path)
 

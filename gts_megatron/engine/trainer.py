@@ -16,6 +16,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from gts_megatron.config import RunConfig
+from gts_megatron.contracts.checkpoint import CheckpointRecord
 from gts_megatron.engine import checkpoint as ckpt
 from gts_megatron.engine.loop import (ForwardStep, SampleOrder, StopRequest, TrainResult, contiguous_order,
                                       evaluate, lm_forward_step, log_validation, mean_reports, micro_batches,
@@ -35,7 +36,7 @@ class TrainSpec:
     forward_step: ForwardStep = lm_forward_step
     desc: str = "train"  # the progress display's label
     moe: Optional[dict] = None  # an MoE model's layout; checkpoints record it and must agree with it
-    record: Optional[dict] = None  # into every checkpoint's meta.json (stage, plan, tokenizer)
+    record: Optional[CheckpointRecord] = None  # into every checkpoint's meta.json (stage, plan, tokenizer)
     save: bool = True  # False: nothing under checkpoints/ (probes keep only what they measure)
     order: Optional[SampleOrder] = None  # each rank's training samples; default contiguous_order
     on_step_start: Callable[[int], None] = field(default=lambda step: None)  # steps done so far
@@ -81,6 +82,9 @@ class Trainer:
         self.log = RunLog(self.run_dir, self.runtime.is_main, self.t.steps, self.state["step"], self.t.tensorboard,
                           self.spec.desc)
         if self.resumed_from is not None:
+            if not (self.ckpt_root / ckpt.LATEST_FILE).is_file():
+                self.log.message(f"{self.ckpt_root / ckpt.LATEST_FILE} is missing: recovered the newest complete "
+                                 f"checkpoint, {self.resumed_from.name}")
             self.log.message(f"resumed from {self.resumed_from} at step {self.state['step']}")
 
     # -- step --------------------------------------------------------------------------------

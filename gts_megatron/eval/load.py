@@ -10,7 +10,8 @@ import torch
 
 from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.data.manifest import Manifest
-from gts_megatron.engine.checkpoint import LATEST_FILE, META_FILE, load_checkpoint, read_meta, resolve_checkpoint
+from gts_megatron.contracts.checkpoint import META_FILE, CheckpointMeta, read_meta
+from gts_megatron.engine.checkpoint import LATEST_FILE, load_checkpoint, resolve_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
 from gts_megatron.model.llama import build_model, count_parameters, transformer_config
@@ -29,7 +30,7 @@ class TrainedModel:
     """A checkpoint's description (before any model is built)."""
 
     path: Path
-    meta: dict
+    meta: CheckpointMeta
     config: ModelConfig
     plan: Optional[Plan]  # None: a dense model
     stage: str            # pretrain, expand, group or learned
@@ -40,12 +41,12 @@ class TrainedModel:
         path = find_checkpoint(Path(path))
         meta = read_meta(path)
         plan = None
-        if meta.get("moe") is not None:
-            if "plan" not in meta:
+        if meta.moe is not None:
+            if meta.plan is None:
                 raise GtsError(f"checkpoint {path} is an MoE model that does not record its plan; "
                                f"continue its training for a step with this version to record it")
-            plan = Plan.model_validate(meta["plan"])
-        return cls(path, meta, ModelConfig.model_validate(meta["model"]), plan, meta.get("stage", "pretrain"))
+            plan = meta.plan
+        return cls(path, meta, meta.model, plan, meta.stage)
 
     def identity(self) -> dict:
         """What tells this checkpoint from another at the same path (a retrained one)."""
@@ -54,7 +55,7 @@ class TrainedModel:
 
     @property
     def step(self) -> int:
-        return int(self.meta.get("step", 0))
+        return self.meta.step
 
     def routing(self, requested: str) -> Optional[str]:
         """The routing to evaluate with: None for a dense model; ``auto`` is the trained one."""
@@ -70,7 +71,7 @@ class TrainedModel:
         """Experts per token under ``routing`` (the trained top-k for learned routing)."""
         if routing != "learned":
             return 1
-        trained = self.meta.get("topk", 1) if self.stage == "learned" else MoEConfig().topk
+        trained = self.meta.topk if self.stage == "learned" else MoEConfig().topk
         return min(trained, self.plan.num_experts)
 
     def parameters(self, routing: Optional[str]) -> tuple[int, int]:
@@ -81,17 +82,17 @@ class TrainedModel:
 
     def check_tokens(self, data_dir: Path, manifest: Manifest) -> None:
         """Refuse data tokenized otherwise than the model's training data."""
-        mine, theirs = self.meta.get("tokenizer"), manifest.tokenizer
+        mine, theirs = self.meta.tokenizer, manifest.tokenizer
         if mine is None:  # synthetic training tokens: only the vocabulary can be checked
             if theirs.vocab_size > self.config.vocab_size:
                 raise GtsError(f"{data_dir} has {theirs.vocab_size} token ids; model {self.path} embeds "
                                f"{self.config.vocab_size}")
             return
-        if mine.get("sha256") != theirs.sha256 or mine.get("vocab_size") != theirs.vocab_size:
+        if mine.sha256 != theirs.sha256 or mine.vocab_size != theirs.vocab_size:
             raise GtsError(
                 f"{data_dir} is tokenized with another tokenizer ({theirs.kind}, sha256 "
                 f"{str(theirs.sha256)[:12]}..., vocab {theirs.vocab_size}) than model {self.path} was trained "
-                f"on ({mine.get('kind')}, sha256 {str(mine.get('sha256'))[:12]}..., vocab {mine.get('vocab_size')}); "
+                f"on ({mine.kind}, sha256 {str(mine.sha256)[:12]}..., vocab {mine.vocab_size}); "
                 f"prepare it with `gts data prepare --tokenizer <the model's tokenizer file>`")
 
     def build(self, routing: Optional[str]) -> torch.nn.Module:

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from gts_megatron.artifacts import atomic_write_text
-from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
-from gts_megatron.engine.checkpoint import (load_checkpoint, read_meta, resolve_checkpoint, save_checkpoint,
-                                            unwrap)
+from gts_megatron.config import MoEConfig, ParallelConfig
+from gts_megatron.contracts.checkpoint import read_meta
+from gts_megatron.engine.checkpoint import load_checkpoint, resolve_checkpoint, unwrap, write_moe_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
 from gts_megatron.model.llama import build_model, transformer_config
-from gts_megatron.contracts.plan import load_plan, moe_identity
+from gts_megatron.contracts.plan import load_plan
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
 RECORD_FILE = "expand.json"
@@ -56,12 +56,12 @@ def expand(dense: Path, plan_path: Path, out: Path, seed: int = 1234, log=print)
     ``out`` already holds the expansion of the same dense checkpoint with the same plan."""
     dense = resolve_checkpoint(Path(dense))
     meta = read_meta(dense)
-    if meta.get("moe") is not None:
+    if meta.moe is not None:
         raise GtsError(f"checkpoint {dense} is already an MoE model; expand a dense checkpoint")
-    model_cfg = ModelConfig.model_validate(meta["model"])
+    model_cfg = meta.model
     plan = load_plan(plan_path)
     plan.check_model(model_cfg.num_layers, str(plan_path))
-    record = {"dense": str(dense.resolve()), "dense_step": meta.get("step"), "plan_sha256": plan.sha256()}
+    record = {"dense": str(dense.resolve()), "dense_step": meta.step, "plan_sha256": plan.sha256()}
     if (out / RECORD_FILE).is_file() and json.loads((out / RECORD_FILE).read_text()) == record:
         log(f"{out} already holds this expansion; nothing to do")
         return resolve_checkpoint(out)
@@ -80,10 +80,7 @@ def expand(dense: Path, plan_path: Path, out: Path, seed: int = 1234, log=print)
         with torch.no_grad():
             state = expert_weights_from_dense(unwrap(dense_model).state_dict(), unwrap(moe_model).state_dict())
             unwrap(moe_model).load_state_dict(state, strict=False)
-        path = save_checkpoint(out, 0, moe_model, None, None, {"step": 0, "consumed_samples": 0}, model_cfg,
-                               keep=1, moe=moe_identity(plan),
-                               record={"stage": "expand", "topk": 1, "plan": plan.model_dump(mode="json"),
-                                       "tokenizer": meta.get("tokenizer")})
+        path = write_moe_checkpoint(out, moe_model, model_cfg, plan, meta.tokenizer)
         atomic_write_text(out / RECORD_FILE, json.dumps(record, indent=1) + "\n")
     finally:
         shutdown_runtime()

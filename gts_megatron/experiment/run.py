@@ -50,7 +50,7 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
     raw.update(model=base.config.model_dump(mode="json"),
                data={**raw["data"], "kind": "indexed", "path": cfg.data, "languages": list(plan.languages)})
     run = RunConfig.model_validate(raw)
-    base_samples = int(base.meta.get("train_state", {}).get("consumed_samples", 0))
+    base_samples = int(base.meta.train_state.get("consumed_samples", 0))
     claim_directory(out, {"base": base.identity(), "plan": plan.sha256(), "data": str(Path(cfg.data).resolve()),
                           "train": run.model_dump(mode="json"), "learned_steps": cfg.learned_steps,
                           "upcycle_experts": cfg.upcycle_experts, "seed": cfg.seed}, "an experiment")

@@ -14,8 +14,9 @@ from typing import Optional
 
 import torch
 
-from gts_megatron.config import ParallelConfig
+from gts_megatron.config import ExportHfConfig, ImportHfConfig, ParallelConfig
 from gts_megatron.artifacts import staged_directory
+from gts_megatron.contracts.checkpoint import CheckpointRecord
 from gts_megatron.errors import GtsError
 from gts_megatron.hf.config_map import (FAMILIES, hf_config_from_model, model_config_from_hf, read_hf_config,
                                          token_ids)
@@ -58,54 +59,38 @@ def _check_output(out: Path, force: bool) -> None:
         raise GtsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
 
 
-def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = True, force: bool = False,
-              tolerance: float = 1e-4, log=print) -> dict:
-    """Convert the HF checkpoint folder ``src`` into a dist-checkpoint under ``out`` (``out/iter_0000000``,
-    ``out/latest``, ``out/config.yaml`` with the model section, ``out/hf/`` with the tokenizer).
-    Returns a summary, with ``max_abs_logit_diff`` when ``verify``."""
+def import_hf(cfg: ImportHfConfig, log=print) -> dict:
+    """Convert the HF checkpoint folder ``cfg.source`` into a dist-checkpoint under ``cfg.out``
+    (``iter_0000000``, ``latest``, ``config.yaml`` with the model section, ``hf/`` with the
+    tokenizer). Returns a summary, with ``max_abs_logit_diff`` when ``cfg.verify``."""
     import yaml
 
+    src, out = Path(cfg.source), Path(cfg.out)
     hf = read_hf_config(src)
     arch, model_cfg = model_config_from_hf(hf, str(src / "config.json"))
-    if verify and dtype not in (None, "fp32"):
-        raise GtsError(f"--dtype {dtype}: the check against transformers compares fp32 logits; import in fp32 "
-                       f"and train with --set model.dtype={dtype}, or pass --no-verify")
     # checked imports are fp32; unchecked ones keep the folder's dtype unless told otherwise
-    chosen = "fp32" if verify else dtype or _DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype")), "fp32")
+    chosen = "fp32" if cfg.verify else cfg.dtype or _DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype")),
+                                                                 "fp32")
     model_cfg = model_cfg.model_copy(update={"dtype": chosen})
     state = hf_to_megatron(read_safetensors(src), model_cfg, str(src))
     tokenizer = _tokenizer_record(src, log)
     # megatron is imported only now: bad input above fails fast
-    from gts_megatron.engine.checkpoint import save_checkpoint, unwrap
-    from gts_megatron.model.llama import build_model, count_parameters, transformer_config
+    from gts_megatron.engine.checkpoint import save_checkpoint
+    from gts_megatron.model.llama import count_parameters
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
     log(f"importing {arch} from {src}: {model_cfg.num_layers} layers, hidden {model_cfg.hidden_size}, "
         f"{count_parameters(model_cfg) / 1e6:.2f}M parameters ({chosen})")
-    _check_output(out, force)
+    _check_output(out, cfg.force)
     summary = {"architecture": arch, "source": str(src.resolve()), "dtype": chosen}
     runtime = init_runtime(ParallelConfig(), 1234)
     try:
         with staged_directory(out) as tmp:
             if runtime.env.world_size != 1:
                 raise GtsError("gts import-hf runs in one process; its checkpoint loads at any layout afterwards")
-            model = build_model(model_cfg, transformer_config(model_cfg, ParallelConfig()))
-            result = unwrap(model).load_state_dict(state, strict=False)
-            missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-            if missing or result.unexpected_keys:
-                raise GtsError(f"{src}: the converted weights do not fit the model (missing {missing[:3]}, "
-                               f"unexpected {result.unexpected_keys[:3]})")
-            model.eval()
-            if verify:
-                tokens = torch.randint(0, model_cfg.vocab_size, (2, min(64, model_cfg.max_seq_length)),
-                                       generator=torch.Generator().manual_seed(0))
-                ours = megatron_logits(model, tokens, model_cfg.vocab_size)
-                diff = float((ours - hf_logits(src, tokens)).abs().max())
-                summary["max_abs_logit_diff"] = diff
-                log(f"logits vs transformers on {tuple(tokens.shape)} random tokens: max |diff| {diff:.2e}")
-                if not diff <= tolerance:
-                    raise GtsError(f"{src}: the imported model's logits differ from transformers' by {diff:.2e} "
-                                   f"(more than {tolerance:g}); nothing was written")
+            model = _loaded_model(src, model_cfg, state)
+            if cfg.verify:
+                summary["max_abs_logit_diff"] = _check_logits(src, model, model_cfg, cfg.tolerance, log)
             files = tmp / HF_FILES_DIR
             files.mkdir()
             for name in SIDE_FILES:
@@ -113,8 +98,8 @@ def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = 
                     shutil.copy2(src / name, files / name)
             (files / "config.json").write_text(json.dumps(hf, indent=2))
             save_checkpoint(tmp, 0, model, None, None, {"step": 0, "consumed_samples": 0}, model_cfg, keep=1,
-                            record={"stage": "import", "tokenizer": tokenizer,
-                                    "hf": {"architecture": arch, "source": summary["source"]}})
+                            record=CheckpointRecord(stage="import", tokenizer=tokenizer,
+                                                    hf={"architecture": arch, "source": summary["source"]}))
             model_yaml = yaml.safe_dump({"model": model_cfg.model_dump(mode="json")}, sort_keys=False)
             (tmp / "config.yaml").write_text(model_yaml)
     finally:
@@ -125,19 +110,48 @@ def import_hf(src: Path, out: Path, dtype: Optional[str] = None, verify: bool = 
     return summary
 
 
-def export_hf(checkpoint: Path, out: Path, architecture: Optional[str] = None, tokenizer_dir: Optional[Path] = None,
-              force: bool = False, tolerance: float = 1e-4, log=print) -> dict:
-    """Write a checkpoint as an HF folder. Dense: its family's format (``architecture`` overrides
-    the family; default the imported one, else Qwen2 for QKV biases and Llama otherwise). GtS:
-    a trust_remote_code folder, checked against the checkpoint under both routings. Tokenizer
-    files are copied from ``tokenizer_dir`` (default: the import's hf/ folder, when there is one)."""
+def _loaded_model(src: Path, model_cfg, state: dict):
+    """The megatron model holding the converted weights, in eval mode (refused when they do not fit)."""
+    from gts_megatron.engine.checkpoint import unwrap
+    from gts_megatron.model.llama import build_model, transformer_config
+
+    model = build_model(model_cfg, transformer_config(model_cfg, ParallelConfig()))
+    result = unwrap(model).load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise GtsError(f"{src}: the converted weights do not fit the model (missing {missing[:3]}, "
+                       f"unexpected {result.unexpected_keys[:3]})")
+    return model.eval()
+
+
+def _check_logits(src: Path, model, model_cfg, tolerance: float, log) -> float:
+    """The largest logit difference from transformers on random tokens; refused above ``tolerance``."""
+    tokens = torch.randint(0, model_cfg.vocab_size, (2, min(64, model_cfg.max_seq_length)),
+                           generator=torch.Generator().manual_seed(0))
+    ours = megatron_logits(model, tokens, model_cfg.vocab_size)
+    diff = float((ours - hf_logits(src, tokens)).abs().max())
+    log(f"logits vs transformers on {tuple(tokens.shape)} random tokens: max |diff| {diff:.2e}")
+    if not diff <= tolerance:
+        raise GtsError(f"{src}: the imported model's logits differ from transformers' by {diff:.2e} "
+                       f"(more than {tolerance:g}); nothing was written")
+    return diff
+
+
+def export_hf(cfg: ExportHfConfig, log=print) -> dict:
+    """Write a checkpoint as an HF folder. Dense: its family's format (``cfg.architecture``
+    overrides the family; default the imported one, else Qwen2 for QKV biases and Llama
+    otherwise). GtS: a trust_remote_code folder, checked against the checkpoint under both
+    routings. Tokenizer files are copied from ``cfg.tokenizer_dir`` (default: the import's hf/
+    folder, when there is one)."""
     from gts_megatron.engine.checkpoint import unwrap
     from gts_megatron.eval.load import TrainedModel
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
-    trained = TrainedModel.open(Path(checkpoint))
+    out, architecture = Path(cfg.out), cfg.architecture
+    tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else None
+    trained = TrainedModel.open(Path(cfg.checkpoint))
     ckpt, meta, model_cfg = trained.path, trained.meta, trained.config
-    arch = architecture or (meta.get("hf") or {}).get("architecture") or (
+    arch = architecture or (meta.hf or {}).get("architecture") or (
         "Qwen2ForCausalLM" if model_cfg.qkv_bias else "LlamaForCausalLM")
     if trained.plan is not None and architecture:
         raise GtsError(f"--architecture {architecture}: {ckpt} is a GtS MoE model, exported as GtsForCausalLM")
@@ -148,7 +162,7 @@ def export_hf(checkpoint: Path, out: Path, architecture: Optional[str] = None, t
                        f"so it is a {'Qwen2' if model_cfg.qkv_bias else 'Llama or Mistral'} model")
     side = tokenizer_dir or next((d / HF_FILES_DIR for d in (ckpt.parent, ckpt.parent.parent)
                                   if (d / HF_FILES_DIR).is_dir()), None)
-    _check_output(out, force)
+    _check_output(out, cfg.force)
     runtime = init_runtime(ParallelConfig(), 1234)
     summary = {}
     try:
@@ -160,7 +174,7 @@ def export_hf(checkpoint: Path, out: Path, architecture: Optional[str] = None, t
                     if (side / name).is_file():
                         shutil.copy2(side / name, tmp / name)
             if trained.plan is not None:
-                summary = export_gts(trained, tmp, side, tolerance, log)
+                summary = export_gts(trained, tmp, side, cfg.tolerance, log)
             else:
                 state = megatron_to_hf(unwrap(trained.build(None)).state_dict(), model_cfg)
                 config = hf_config_from_model(arch, model_cfg, token_ids(side))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig
+from gts_megatron.contracts.checkpoint import CheckpointMeta, read_meta
 from gts_megatron.errors import GtsError
 from gts_megatron.probe.sketch import sketch_tensors
 from gts_megatron.probe.store import ProbeResult, SketchInfo, write_probe
@@ -29,23 +30,23 @@ FFN = ("mlp.linear_fc1.weight", "mlp.linear_fc2.weight")
 ATTENTION = ("self_attention.linear_qkv.weight", "self_attention.linear_proj.weight")
 
 
-def probe_inputs(cfg: ProbeConfig, base_meta: dict) -> dict:
+def probe_inputs(cfg: ProbeConfig, base_meta: CheckpointMeta) -> dict:
     """What a probe result depends on; a stored result with other inputs is probed again."""
     keys = ("engine", "zero_stage", "steps", "lr", "micro_batch_size", "seq_length", "delta",
             "sketch_size", "exact", "seed")
-    return {"base": str(Path(cfg.base).resolve()), "base_step": base_meta.get("step"), "data": str(Path(cfg.data).resolve()),
+    return {"base": str(Path(cfg.base).resolve()), "base_step": base_meta.step, "data": str(Path(cfg.data).resolve()),
             "sequences_per_step": cfg.sequences_per_step, **{k: getattr(cfg, k) for k in keys}}
 
 
-def base_model(cfg: ProbeConfig) -> tuple[Path, dict, ModelConfig]:
+def base_model(cfg: ProbeConfig) -> tuple[Path, CheckpointMeta, ModelConfig]:
     """The base checkpoint, its meta and its model config; an MoE checkpoint is refused."""
-    from gts_megatron.engine.checkpoint import read_meta, resolve_checkpoint
+    from gts_megatron.engine.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(Path(cfg.base))
     meta = read_meta(path)
-    if meta.get("moe") is not None:
+    if meta.moe is not None:
         raise GtsError(f"checkpoint {path} is an MoE model; probes start from the dense base")
-    return path, meta, ModelConfig.model_validate(meta["model"])
+    return path, meta, meta.model
 
 
 def probe_run_config(cfg: ProbeConfig, model: ModelConfig, language: str) -> RunConfig:

@@ -16,7 +16,8 @@ from typing import Callable, Optional
 import torch
 from megatron.core import parallel_state
 
-from gts_megatron.base.pretrain import build_dataset, tokenizer_record
+from gts_megatron.base.pretrain import build_dataset
+from gts_megatron.contracts.checkpoint import CheckpointRecord, TokenizerRecord
 from gts_megatron.config import RunConfig
 from gts_megatron.data.placement import Placement
 from gts_megatron.engine.checkpoint import unwrap
@@ -83,8 +84,8 @@ def train_stage(cfg: RunConfig, run_dir: Path,
         if placement is not None:  # each EP rank reads only the languages whose experts it holds
             order = dataset.placed.order(parallel_state.get_expert_model_parallel_rank(),
                                          parallel_state.get_expert_data_parallel_rank())
-        record = {"stage": cfg.moe.stage, "topk": cfg.moe.topk if cfg.moe.stage == "learned" else 1,
-                  "plan": plan.model_dump(mode="json"), "tokenizer": tokenizer_record(dataset)}
+        record = CheckpointRecord(stage=cfg.moe.stage, topk=cfg.moe.topk if cfg.moe.stage == "learned" else 1,
+                                  plan=plan, tokenizer=TokenizerRecord.of_dataset(dataset))
         try:
             return train(cfg, run_dir, runtime, TrainSpec(
                 model, config, dataset, gts_forward_step, desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan),

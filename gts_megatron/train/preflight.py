@@ -11,7 +11,8 @@ def preflight(cfg: RunConfig, world_size: int) -> None:
     size cannot hold, data the model cannot read, a plan the model or layout cannot hold, or a
     missing or foreign ``train.init_from`` checkpoint."""
     from gts_megatron.base.pretrain import check_run_data
-    from gts_megatron.engine.checkpoint import check_model_matches, read_meta, resolve_checkpoint
+    from gts_megatron.contracts.checkpoint import read_meta
+    from gts_megatron.engine.checkpoint import check_model_matches, resolve_checkpoint
 
     cfg.data_parallel_size(world_size)
     check_run_data(cfg)

@@ -51,17 +51,18 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
 def test_import_equals_transformers_and_export_round_trips(tmp_path, family):
     """In this process (the CLI is exercised by the other tests): import, export, import again."""
+    from gts_megatron.config import ExportHfConfig, ImportHfConfig
     from gts_megatron.hf.convert import export_hf, import_hf
 
     src = make_hf_model(family, tmp_path / "hf")
-    summary = import_hf(src, tmp_path / "imported")
+    summary = import_hf(ImportHfConfig(source=str(src), out=str(tmp_path / "imported")))
     assert summary["max_abs_logit_diff"] <= 1e-4
     meta = json.loads((tmp_path / "imported" / "iter_0000000" / "meta.json").read_text())
     assert meta["hf"]["architecture"] == json.loads((src / "config.json").read_text())["architectures"][0]
     assert meta["model"]["qkv_bias"] == (family == "qwen2")
     assert meta["model"]["rope_scaling_factor"] == (8.0 if family == "llama" else None)
 
-    export_hf(tmp_path / "imported", tmp_path / "exported")
+    export_hf(ExportHfConfig(checkpoint=str(tmp_path / "imported"), out=str(tmp_path / "exported")))
     original, exported = _tensors(src), _tensors(tmp_path / "exported")
     if "lm_head.weight" not in exported:  # tied: transformers may also list the shared tensor
         original.pop("lm_head.weight", None)
@@ -69,7 +70,8 @@ def test_import_equals_transformers_and_export_round_trips(tmp_path, family):
     for name, tensor in original.items():
         assert torch.equal(exported[name], tensor), name
     # the exported folder imports again, and transformers' logits of it still match
-    assert import_hf(tmp_path / "exported", tmp_path / "again")["max_abs_logit_diff"] <= 1e-4
+    again = ImportHfConfig(source=str(tmp_path / "exported"), out=str(tmp_path / "again"))
+    assert import_hf(again)["max_abs_logit_diff"] <= 1e-4
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ def test_corrupt_checkpoint_on_resume_changes_nothing(tmp_path, trained):
         shard.write_bytes(shard.read_bytes()[:100])  # truncated, as by a full disk
     before = files_under(run)
     proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(run), "--set", "train.steps=4", check=False)
-    assert_one_line_error(proc, "iter_0000002 is unreadable or incomplete")
+    assert_one_line_error(proc, "iter_0000002: __0_0.distcp does not match the checksum recorded when it was saved")
     after = files_under(run)
     assert {p for p in after if p.name != "config.yaml"} == {p for p in before if p.name != "config.yaml"}
     assert all(after[p] == before[p] for p in before if "checkpoints" in p.parts or p.name == "metrics.jsonl")
@@ -88,3 +88,16 @@ def test_batch_not_divisible_over_data_parallel_ranks(tmp_path):
         tmp_path, ["--config", TINY, "--nproc-per-node", "2", "--set", "train.micro_batch_size=4",
                    "--set", "train.global_batch_size=4"],
         "global_batch_size 4 must be a multiple of micro_batch_size 4 x data-parallel size 2")
+
+
+def test_config_check_refuses_what_pretrain_refuses_with_the_same_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: tiny\nparallel:\n  data: 2\ntrain:\n  global_batch_size: 6\n  micro_batch_size: 2\n"
+                      "data:\n  kind: synthetic\n")
+    checked = run_gts("config", "check", str(config), check=False)
+    started = run_gts("pretrain", "--config", str(config), "--run-dir", str(tmp_path / "run"), "--nproc-per-node", "2",
+                      check=False)
+    line = "train.global_batch_size 6 must be a multiple of micro_batch_size 2 x data-parallel size 2"
+    assert_one_line_error(checked, line)
+    assert_one_line_error(started, line)
+    assert checked.stderr == started.stderr and not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.bench import quiet
-from gts_megatron.config import RunConfig, SyntheticDataConfig, build_config
+from gts_megatron.config import ExportHfConfig, RunConfig, SyntheticDataConfig, build_config
 from gts_megatron.config.bench import DEEPSPEED_ARMS, BenchTrainConfig
 from gts_megatron.contracts.plan import Plan, write_plan
 
@@ -93,7 +93,7 @@ def prepare(opts: BenchTrainConfig, root: Path, log) -> Workspace:
         from gts_megatron.hf.convert import export_hf
 
         hf_logging.disable_progress_bar()
-        export_hf(ws.gts, ws.hf, log=quiet)  # checks itself against the megatron model
+        export_hf(ExportHfConfig(checkpoint=str(ws.gts), out=str(ws.hf)), log=quiet)  # checks itself against the megatron model
     log(f"prepared {len(manifest.languages)} languages in {opts.experts} families, a dense "
         f"{opts.preset} model and its GtS expansion ({opts.experts} experts in layers {plan.moe_layers})")
     return ws
