@@ -12,8 +12,28 @@ from typing import Any, Iterator
 from gts_megatron.errors import GtsError
 
 
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove what writers of ``target`` killed before their rename left beside it
+    (``.<name>.tmp-<pid>`` and ``.<name>.old-<pid>``) when that pid is no longer running;
+    returns what was removed. A live writer's files are left alone."""
+    import psutil
+
+    removed = []
+    for debris in target.parent.glob(f".{target.name}.*-*") if target.parent.is_dir() else ():
+        kind, _, pid = debris.name[len(target.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or psutil.pid_exists(int(pid)):
+            continue
+        if debris.is_dir() and not debris.is_symlink():
+            shutil.rmtree(debris, ignore_errors=True)
+        else:
+            debris.unlink(missing_ok=True)
+        removed.append(debris)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -26,6 +46,7 @@ def staged_directory(target: Path) -> Iterator[Path]:
     On any exception (or Ctrl-C) the temporary directory is removed and ``target`` is untouched.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)  # a writer killed with -9 could not clean up after itself
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -16,7 +16,6 @@ Every step is kept on disk and skipped when done, and training resumes from its 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -29,11 +28,11 @@ from gts_megatron.engine.checkpoint import finished_checkpoint as finished, unwr
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.load import TrainedModel
 from gts_megatron.eval.perplexity import evaluate_cached
+from gts_megatron.model import state_names
 from gts_megatron.model.gts import build_moe_model
 from gts_megatron.contracts.plan import Plan, write_plan
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
-_EXPERT = re.compile(r"\.mlp\.experts\.local_experts\.(\d+)\.")
 
 
 def extended_plan(plan: Plan, language: str) -> Plan:
@@ -51,11 +50,9 @@ def cloned_state(old_state: dict, new_state: dict, source_expert: int, new_exper
     for key, value in new_state.items():
         if key.endswith("_extra_state"):
             continue
-        match = _EXPERT.search(key)
-        if match and int(match[1]) == new_expert:
-            source = key.replace(f".local_experts.{new_expert}.", f".local_experts.{source_expert}.")
-            out[key] = old_state[source].clone()
-        elif key.endswith(".mlp.router.weight"):
+        if state_names.expert_of(key) == new_expert:
+            out[key] = old_state[state_names.with_expert(key, source_expert)].clone()
+        elif state_names.is_router(key):
             old = old_state[key]
             out[key] = torch.cat([old, old[source_expert:source_expert + 1]]).clone()
         else:
@@ -87,10 +84,10 @@ def train_only(new_expert: int):
     optimizer with their gradients zeroed (and no weight decay, so Adam leaves them unchanged)."""
     def prepare(model: torch.nn.Module) -> None:
         for name, param in model.named_parameters():
-            match = _EXPERT.search(name)
-            if ".mlp.router." in name or (match is not None and int(match[1]) == new_expert):
+            expert = state_names.expert_of(name)
+            if state_names.is_router(name) or expert == new_expert:
                 continue
-            if match is not None:
+            if expert is not None:
                 param.register_hook(torch.zeros_like)
             else:
                 param.requires_grad_(False)

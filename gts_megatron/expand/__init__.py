@@ -12,7 +12,6 @@ tensor/expert-parallel layout.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -22,13 +21,13 @@ from gts_megatron.config import MoEConfig, ParallelConfig
 from gts_megatron.contracts.checkpoint import read_meta
 from gts_megatron.engine.checkpoint import load_checkpoint, resolve_checkpoint, unwrap, write_moe_checkpoint
 from gts_megatron.errors import GtsError
+from gts_megatron.model import state_names
 from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
 from gts_megatron.model.llama import build_model, transformer_config
 from gts_megatron.contracts.plan import load_plan
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
 RECORD_FILE = "expand.json"
-_EXPERT_KEY = re.compile(r"^(?P<layer>.*\.mlp)\.experts\.local_experts\.\d+\.(?P<rest>.*)$")
 
 
 def expert_weights_from_dense(dense_state: dict, moe_state: dict) -> dict:
@@ -38,9 +37,8 @@ def expert_weights_from_dense(dense_state: dict, moe_state: dict) -> dict:
     for key, value in moe_state.items():
         if key.endswith("_extra_state"):
             continue
-        match = _EXPERT_KEY.match(key)
-        source = f"{match['layer']}.{match['rest']}" if match else key
-        if ".mlp.router." in key:
+        source = state_names.dense_source(key)
+        if state_names.is_router(key):
             out[key] = value
         elif source not in dense_state:
             raise GtsError(f"the dense checkpoint has no tensor {source} for {key}")

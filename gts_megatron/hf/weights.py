@@ -15,6 +15,7 @@ import torch
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config import ModelConfig
 from gts_megatron.errors import GtsError
+from gts_megatron.model import state_names as names
 from gts_megatron.model.vocab import padded_vocab_size
 
 INDEX = "model.safetensors.index.json"
@@ -114,12 +115,12 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], model: ModelConfig, source: str)
     def vocab(t: torch.Tensor) -> torch.Tensor:
         return torch.cat([t, t.new_zeros(pad, h)]) if pad else t
 
-    out = {"embedding.word_embeddings.weight": vocab(_take(hf, "model.embed_tokens.weight", (v, h), source)),
-           "decoder.final_layernorm.weight": _take(hf, "model.norm.weight", (h,), source)}
+    out = {names.EMBEDDING: vocab(_take(hf, "model.embed_tokens.weight", (v, h), source)),
+           names.FINAL_NORM: _take(hf, "model.norm.weight", (h,), source)}
     if not model.tie_embeddings:
-        out["output_layer.weight"] = vocab(_take(hf, "lm_head.weight", (v, h), source))
+        out[names.OUTPUT_LAYER] = vocab(_take(hf, "lm_head.weight", (v, h), source))
     for i in range(model.num_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+        src, dst = f"model.layers.{i}.", names.layer_prefix(i)
         q, k, val = (_take(hf, f"{src}self_attn.{n}_proj.weight", (rows, h), source)
                      for n, rows in (("q", heads * hn), ("k", groups * hn), ("v", groups * hn)))
         out[dst + "self_attention.linear_qkv.weight"] = _qkv_fuse(q, k, val, groups)
@@ -147,12 +148,11 @@ def megatron_to_hf(state: dict[str, torch.Tensor], model: ModelConfig, moe_layer
     the router and each expert (``model.layers.N.mlp.router`` / ``.experts.E.*``)."""
     heads, groups = model.num_attention_heads, model.num_query_groups or model.num_attention_heads
     v = model.vocab_size
-    out = {"model.embed_tokens.weight": state["embedding.word_embeddings.weight"][:v],
-           "model.norm.weight": state["decoder.final_layernorm.weight"]}
+    out = {"model.embed_tokens.weight": state[names.EMBEDDING][:v], "model.norm.weight": state[names.FINAL_NORM]}
     if not model.tie_embeddings:
-        out["lm_head.weight"] = state["output_layer.weight"][:v]
+        out["lm_head.weight"] = state[names.OUTPUT_LAYER][:v]
     for i in range(model.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        src, dst = names.layer_prefix(i), f"model.layers.{i}."
         for suffix in ("weight", "bias") if model.qkv_bias else ("weight",):
             q, k, val = _qkv_split(state[f"{src}self_attention.linear_qkv.{suffix}"], heads, groups)
             out.update({f"{dst}self_attn.q_proj.{suffix}": q, f"{dst}self_attn.k_proj.{suffix}": k,
@@ -161,9 +161,9 @@ def megatron_to_hf(state: dict[str, torch.Tensor], model: ModelConfig, moe_layer
         out[f"{dst}input_layernorm.weight"] = state[f"{src}input_layernorm.weight"]
         out[f"{dst}post_attention_layernorm.weight"] = state[f"{src}pre_mlp_layernorm.weight"]
         if i in moe_layers:
-            out[f"{dst}mlp.router.weight"] = state[f"{src}mlp.router.weight"]
+            out[f"{dst}mlp.router.weight"] = state[names.router_key(i)]
             for e in range(num_experts):
-                out.update(_mlp_to_hf(state, f"{src}mlp.experts.local_experts.{e}.", f"{dst}mlp.experts.{e}."))
+                out.update(_mlp_to_hf(state, names.expert_prefix(i, e), f"{dst}mlp.experts.{e}."))
         else:
             out.update(_mlp_to_hf(state, f"{src}mlp.", f"{dst}mlp."))
     return {k: t.contiguous().clone() for k, t in out.items()}

@@ -23,10 +23,11 @@ import torch
 from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig
 from gts_megatron.contracts.checkpoint import CheckpointMeta, read_meta
 from gts_megatron.errors import GtsError
+from gts_megatron.model.state_names import FFN_WEIGHTS, layer_prefix
 from gts_megatron.probe.sketch import sketch_tensors
 from gts_megatron.probe.store import ProbeResult, SketchInfo, write_probe
 
-FFN = ("mlp.linear_fc1.weight", "mlp.linear_fc2.weight")
+FFN = FFN_WEIGHTS
 ATTENTION = ("self_attention.linear_qkv.weight", "self_attention.linear_proj.weight")
 
 
@@ -119,7 +120,7 @@ def _gradient_megatron(cfg: ProbeConfig, run_cfg: RunConfig, model_cfg: ModelCon
 
 def layer_deltas(before: dict, after: dict, num_layers: int, names) -> list[list[torch.Tensor]]:
     """Per layer, the weight deltas of the named sub-modules."""
-    return [[after[f"decoder.layers.{layer}.{name}"] - before[f"decoder.layers.{layer}.{name}"] for name in names]
+    return [[after[layer_prefix(layer) + name] - before[layer_prefix(layer) + name] for name in names]
             for layer in range(num_layers)]
 
 

@@ -73,3 +73,27 @@ def test_attention_is_causal(runtime):
     a, b = logits(model, tokens), logits(model, changed)
     assert torch.equal(a[:, :20], b[:, :20])
     assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+def test_state_names_are_the_keys_of_a_real_dense_and_moe_model(runtime):
+    from gts_megatron.config import MoEConfig
+    from gts_megatron.contracts.plan import Plan
+    from gts_megatron.model import state_names as names
+    from gts_megatron.model.gts import build_moe_model
+
+    cfg = load_config(TINY, ["model.tie_embeddings=false"])
+    dense = build(cfg).state_dict()
+    assert {names.EMBEDDING, names.FINAL_NORM, names.OUTPUT_LAYER} <= set(dense)
+    assert all(names.layer_prefix(1) + w in dense for w in names.FFN_WEIGHTS)
+    plan = Plan(languages=["a", "b", "c"], language_to_group={"a": 0, "b": 1, "c": 1}, group_to_expert=[0, 1],
+                num_experts=2, moe_layers=[1])
+    moe, _ = build_moe_model(cfg.model, cfg.parallel, MoEConfig(plan="plan.json", stage="group"), plan)
+    keys = [k for k in moe.state_dict() if not k.endswith("_extra_state")]
+    assert names.router_key(1) in keys and names.router_key(0) not in keys
+    experts = {k for k in keys if names.expert_of(k) is not None}
+    assert experts == {names.expert_prefix(1, e) + w.removeprefix("mlp.") for e in (0, 1) for w in names.FFN_WEIGHTS}
+    # expansion reads each expert tensor from the dense MLP tensor of its layer, with the same shape
+    for key in experts:
+        assert dense[names.dense_source(key)].shape == moe.state_dict()[key].shape
+        assert names.expert_of(names.with_expert(key, 1 - names.expert_of(key))) == 1 - names.expert_of(key)
+    assert all(names.dense_source(k) == k for k in keys if names.expert_of(k) is None)
