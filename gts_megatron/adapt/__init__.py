@@ -134,24 +134,7 @@ def adapt(cfg: AdaptConfig, out: Path, log=print) -> dict:
     init = write_extended_checkpoint(old, plan, source_expert, out / "init")
 
     log(f"[adapt 3/4] training the new expert and the routers on {cfg.lang} for {cfg.steps} steps")
-    run_dir = out / "train"
-    trained = finished(run_dir, cfg.steps)
-    if trained is None:
-        from gts_megatron.train import train_stage
-
-        run_cfg = build_config({
-            "model": old.config.model_dump(mode="json"),
-            "train": {"steps": cfg.steps, "lr": cfg.lr, "min_lr": cfg.lr / 10, "warmup_steps": max(0, cfg.steps // 20),
-                      "micro_batch_size": cfg.micro_batch_size, "global_batch_size": cfg.global_batch_size,
-                      "seq_length": cfg.seq_length, "seed": cfg.seed, "init_from": str(init), "weight_decay": 0.0,
-                      "save_interval": max(1, cfg.steps // 4), "eval_samples": 8},
-            "data": {"kind": "indexed", "path": cfg.data, "languages": [cfg.lang]},
-            "moe": {"plan": str(out / "plan.json"), "stage": "group", "router_loss_weight": cfg.router_loss_weight}},
-            "adapt")
-        result = train_stage(run_cfg, run_dir, prepare_model=train_only(plan.num_experts - 1))
-        if result.interrupted_by:
-            raise Interrupted(result.interrupted_by, "adaptation training")
-        trained = finished(run_dir, cfg.steps)
+    trained = _train_new_expert(cfg, old, plan, init, out)
 
     log("[adapt 4/4] perplexity after adaptation")
     new_after = evaluate_cached(trained, cfg.data, [cfg.lang], cfg, out / "after-new.json", log, routing="group")
@@ -161,6 +144,30 @@ def adapt(cfg: AdaptConfig, out: Path, log=print) -> dict:
     atomic_write_text(out / "adapt.json", json.dumps(report, indent=1) + "\n")
     log(adaptation_table(report))
     return report
+
+
+def _train_new_expert(cfg: AdaptConfig, old: TrainedModel, plan: Plan, init: Path, out: Path) -> Path:
+    """Stage-1 training of the new expert and the routers only (resumed when interrupted); its
+    final checkpoint."""
+    run_dir = out / "train"
+    trained = finished(run_dir, cfg.steps)
+    if trained is not None:
+        return trained
+    from gts_megatron.train import train_stage
+
+    run_cfg = build_config({
+        "model": old.config.model_dump(mode="json"),
+        "train": {"steps": cfg.steps, "lr": cfg.lr, "min_lr": cfg.lr / 10, "warmup_steps": max(0, cfg.steps // 20),
+                  "micro_batch_size": cfg.micro_batch_size, "global_batch_size": cfg.global_batch_size,
+                  "seq_length": cfg.seq_length, "seed": cfg.seed, "init_from": str(init), "weight_decay": 0.0,
+                  "save_interval": max(1, cfg.steps // 4), "eval_samples": 8},
+        "data": {"kind": "indexed", "path": cfg.data, "languages": [cfg.lang]},
+        "moe": {"plan": str(out / "plan.json"), "stage": "group", "router_loss_weight": cfg.router_loss_weight}},
+        "adapt")
+    result = train_stage(run_cfg, run_dir, prepare_model=train_only(plan.num_experts - 1))
+    if result.interrupted_by:
+        raise Interrupted(result.interrupted_by, "adaptation training")
+    return finished(run_dir, cfg.steps)
 
 
 def adaptation_report(lang, source_expert, choice, new_before, new_after, old_before, old_after) -> dict:

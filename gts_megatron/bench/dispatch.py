@@ -20,6 +20,7 @@ import time
 import torch
 
 from gts_megatron.bench import machine
+from gts_megatron.config import BenchDispatchConfig
 from gts_megatron.errors import GtsError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -74,13 +75,12 @@ def _methods(hidden: torch.Tensor, ids: torch.Tensor, groups: int):
     return methods
 
 
-def bench_dispatch(hidden_sizes=(2048, 4096, 8192), token_counts=(4096, 16384, 65536), groups: int = 8,
-                   dtype: str = "bf16", repeats: int = 5, device: str = "auto", log=print) -> dict:
+def bench_dispatch(cfg: BenchDispatchConfig, log=print) -> dict:
     """GB/s of each method at every (tokens, hidden), with ratios to the copy and to megatron."""
     from gts_megatron import ops
 
-    if repeats < 1 or groups < 1 or not hidden_sizes or not token_counts or min(*hidden_sizes, *token_counts) < 1:
-        raise GtsError("gts bench dispatch needs repeats >= 1, groups >= 1 and positive sizes")
+    hidden_sizes, token_counts, groups, dtype, repeats, device = (cfg.hidden, cfg.tokens, cfg.groups, cfg.dtype,
+                                                                  cfg.repeats, cfg.device)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     rows = []

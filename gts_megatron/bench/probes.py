@@ -17,18 +17,19 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from gts_megatron.bench import machine, quiet
-from gts_megatron.config import ProbeConfig, SyntheticDataConfig, build_config
+from gts_megatron.config import BenchProbesConfig, ProbeConfig, SyntheticDataConfig, build_config
 from gts_megatron.data.families import write_synthetic
 from gts_megatron.data.prepare import available_cores
 
 
 
-def bench_probes(preset: str = "small", languages: int = 4, steps: int = 10, seq_length: int = 256,
-                 cpus_per_probe: int = 1, work_dir: Optional[Path] = None) -> dict:
+def bench_probes(options: BenchProbesConfig) -> dict:
     """Fleet wall time against ceil(N / slots) x one probe, and bytes stored per language."""
+    preset, languages, steps = options.preset, options.languages, options.steps
+    seq_length, cpus_per_probe = options.seq_length, options.cpus_per_probe
+    work_dir = Path(options.work_dir) if options.work_dir else None
     from gts_megatron.base.pretrain import pretrain
     from gts_megatron.probe.fleet import run_fleet
     from gts_megatron.probe.run import run_probe

@@ -18,8 +18,7 @@ from typing import Callable
 import numpy as np
 
 from gts_megatron.artifacts import atomic_write_text
-from gts_megatron.config import ProbeConfig
-from gts_megatron.errors import GtsError
+from gts_megatron.config import ProbeConfig, StabilityConfig
 from gts_megatron.plan import grouping
 from gts_megatron.plan.families import adjusted_rand_index, family_agreement
 from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers
@@ -50,14 +49,13 @@ def plan_of_store(store: Path, languages: list[str], k: int, epsilon: float) -> 
             "moe_layers": select_layers(normalised_profile(matrix), epsilon)}
 
 
-def probe_stability(cfg: ProbeConfig, seeds: list[int], k: int, out: Path, epsilon: float = 0.6,
-                    log: Callable = print) -> dict:
-    """Probe with every seed into ``out/seed-<s>`` and compare the seeds' plans; writes
-    ``out/stability.json``."""
+def probe_stability(options: StabilityConfig, log: Callable = print) -> dict:
+    """Probe with every seed into ``<out>/seed-<s>`` and compare the seeds' plans; writes
+    ``<out>/stability.json``."""
     from gts_megatron.probe.fleet import run_fleet
 
-    if len(seeds) < 2:
-        raise GtsError("--seeds: give at least two seeds to compare")
+    seeds, k, out, epsilon = options.seeds, options.k, Path(options.out), options.epsilon
+    cfg = ProbeConfig.model_validate(options.model_dump(include=set(ProbeConfig.model_fields)))
     plans, seconds = {}, {}
     for seed in seeds:
         store = out / f"seed-{seed}"

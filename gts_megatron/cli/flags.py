@@ -38,7 +38,7 @@ def add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> No
             p.add_argument(flag, action="store_true", default=None, help=description)
             continue
         default = field.get_default(call_default_factory=True)
-        shown = ",".join(default) if isinstance(default, list) else default
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
         help_text = f"{description} (default {shown})"
         if typing.get_origin(field.annotation) is Literal:
             choices = typing.get_args(field.annotation)

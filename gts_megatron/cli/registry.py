@@ -102,13 +102,14 @@ COMMANDS = (
     Command("bench train", "bench", "train", "Training throughput of dense, GtS (three dispatchers), the authors' "
             "HF + ZeRO and DeepSpeed-MoE.", "BenchTrainConfig", ("*",)),
     Command("bench dispatch", "bench", "dispatch", "Permute + unpermute GB/s: the csrc kernels vs megatron's "
-            "permute, argsort and a plain copy."),
+            "permute, argsort and a plain copy.", "BenchDispatchConfig", ("*",)),
     Command("bench probes", "bench", "probes", "Probe fleet wall time against ceil(N/slots) x one probe alone, and "
-            "result bytes per language."),
+            "result bytes per language.", "BenchProbesConfig", ("*",)),
     Command("bench stability", "bench", "stability", "Probe once per seed and compare: similarity Spearman, "
-            "grouping ARI, MoE layers, family ARI.", "ProbeConfig",
+            "grouping ARI, MoE layers, family ARI.", "StabilityConfig",
             ("base", "data", "languages", "steps", "lr", "micro_batch_size", "global_batch_size", "tokens_per_step",
-             "seq_length", "delta", "sketch_size", "exact", "cpus_per_probe", "executor")),
+             "seq_length", "delta", "sketch_size", "exact", "cpus_per_probe", "executor", "seeds", "k", "epsilon",
+             "out")),
     Command("bench plan", "bench", "plan", "Time a plan for many languages from sketches (planted families)."),
     Command("config", "config", "config", "Print the documented config fields, or validate a config file."),
 )

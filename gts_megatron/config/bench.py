@@ -98,3 +98,37 @@ class BenchTrainConfig(_Section):
         """The arms to measure, in the order of :data:`ARMS`."""
         wanted = self.arms or [a for a in ARMS if a != "gts-placement" or self.expert > 1]
         return [a for a in ARMS if a in wanted]
+
+
+def _positive(values: list[int]) -> list[int]:
+    if not values or min(values) < 1:
+        raise ValueError("give positive integers, e.g. 2048,4096")
+    return values
+
+
+class BenchDispatchConfig(_Section):
+    """`gts bench dispatch`: permute + unpermute bandwidth of each dispatch method."""
+
+    hidden: list[int] = Field([2048, 4096, 8192], description="hidden sizes (comma-separated)")
+    tokens: list[int] = Field([4096, 16384, 65536], description="token counts (comma-separated)")
+    groups: int = Field(8, ge=1, description="language groups (experts)")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="element type of the hidden states")
+    repeats: int = Field(5, ge=1, description="timed round trips per method and size")
+    device: str = Field("auto", description="auto (cuda when there is one), cpu or cuda")
+
+    @field_validator("hidden", "tokens")
+    @classmethod
+    def _sizes(cls, values: list[int]) -> list[int]:
+        return _positive(values)
+
+
+class BenchProbesConfig(_Section):
+    """`gts bench probes`: a probe fleet's wall time against one probe alone."""
+
+    preset: str = Field("small", description="model preset")
+    languages: int = Field(4, ge=1, description="synthetic languages to probe")
+    steps: int = Field(10, ge=1, description="steps per probe")
+    seq_length: int = Field(256, ge=2, description="tokens per sequence")
+    cpus_per_probe: int = Field(1, ge=1, description="CPUs reserved per probe")
+    work_dir: Optional[str] = Field(None, description="where to put the temporary runs (default: the system "
+                                                      "temp dir)")

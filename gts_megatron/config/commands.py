@@ -86,6 +86,21 @@ class ProbeConfig(_Section):
         return self.tokens_per_step // self.seq_length
 
 
+class StabilityConfig(ProbeConfig):
+    """`gts bench stability`: the probes of ProbeConfig once per seed, and the seeds' plans compared."""
+
+    seeds: list[int] = Field([1, 2, 3], description="probe seeds to compare (comma-separated, at least two)")
+    k: int = Field(4, ge=1, description="groups of each seed's plan")
+    epsilon: float = Field(0.6, gt=0, le=1, description="the plan's layer-selection threshold (as `gts plan`)")
+    out: str = Field("runs/stability", description="one probe store per seed, and stability.json")
+
+    @model_validator(mode="after")
+    def _two_distinct_seeds(self) -> "StabilityConfig":
+        if len(set(self.seeds)) < 2 or min(self.seeds) < 0:
+            raise ValueError(f"--seeds {','.join(map(str, self.seeds))}: give at least two distinct seeds >= 0")
+        return self
+
+
 class PlanConfig(_Section):
     """`gts plan`: probe results -> similarity -> groups -> MoE layers -> plan.json."""
 

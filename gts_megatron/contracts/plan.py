@@ -20,6 +20,7 @@ from gts_megatron.artifacts import atomic_write_text, read_json
 from gts_megatron.errors import GtsError
 
 FORMAT = "gts-plan/1"
+ROUTING_CHECKSUM = "routing_sha256"  # in ``inputs``: Plan.sha256() as `gts plan` wrote it
 
 
 class Plan(BaseModel):
@@ -85,11 +86,17 @@ def load_plan(path: Path) -> Plan:
     if not path.is_file():
         raise GtsError(f"plan {path} does not exist; make one with `gts plan`")
     try:
-        return Plan.model_validate(read_json(path))
+        plan = Plan.model_validate(read_json(path))
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(map(str, error["loc"]))
         raise GtsError(f"{path}: {where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}") from None
+    recorded = plan.inputs.get(ROUTING_CHECKSUM)
+    if recorded is not None and recorded != plan.sha256():
+        raise GtsError(f"{path}: its groups, experts or MoE layers were changed after `gts plan` wrote it "
+                       f"(inputs.{ROUTING_CHECKSUM} differs); run `gts plan` again, or delete inputs.{ROUTING_CHECKSUM} "
+                       f"to use the edited plan as it is")
+    return plan
 
 
 def write_plan(path: Path, plan: Plan) -> None:

@@ -20,7 +20,7 @@ from gts_megatron.eval.load import TrainedModel
 from gts_megatron.engine.checkpoint import finished_checkpoint as finished
 from gts_megatron.experiment.arms import arm_plan, stage_config, stages
 from gts_megatron.figures import pyplot, save_figure
-from gts_megatron.contracts.plan import load_plan, write_plan
+from gts_megatron.contracts.plan import Plan, load_plan, write_plan
 
 def _train_stage(stage: str, cfg: RunConfig, run_dir: Path):
     from gts_megatron.base.pretrain import pretrain
@@ -29,10 +29,9 @@ def _train_stage(stage: str, cfg: RunConfig, run_dir: Path):
     return (pretrain if stage == "pretrain" else train_stage)(cfg, run_dir)
 
 
-def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: Callable = print,
-                   on_stage: Optional[Callable[[str], None]] = None) -> dict:
-    """Run (or resume) every arm of ``cfg`` with the training settings of ``train_cfg`` (its model
-    section is replaced by the base's) and write the comparison under ``out``. Runs in one process."""
+def _checked_inputs(cfg: ExperimentConfig, train_cfg: RunConfig) -> tuple[TrainedModel, Plan, RunConfig]:
+    """The base, the plan and the arms' run config, each checked before anything is written: a
+    dense base, a plan the model holds, data with the plan's languages and the base's tokens."""
     base = TrainedModel.open(Path(cfg.base))
     if base.plan is not None:
         raise GtsError(f"--base {base.path} is an MoE model; the arms start from the dense base checkpoint")
@@ -49,7 +48,15 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
     raw = train_cfg.model_dump(mode="json")
     raw.update(model=base.config.model_dump(mode="json"),
                data={**raw["data"], "kind": "indexed", "path": cfg.data, "languages": list(plan.languages)})
-    run = RunConfig.model_validate(raw)
+    return base, plan, RunConfig.model_validate(raw)
+
+
+def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: Callable = print,
+                   on_stage: Optional[Callable[[str], None]] = None) -> dict:
+    """Run (or resume) every arm of ``cfg`` with the training settings of ``train_cfg`` (its model
+    section is replaced by the base's) and write the comparison under ``out``. Runs in one process."""
+    base, plan, run = _checked_inputs(cfg, train_cfg)
+    steps = run.train.steps
     base_samples = int(base.meta.train_state.get("consumed_samples", 0))
     claim_directory(out, {"base": base.identity(), "plan": plan.sha256(), "data": str(Path(cfg.data).resolve()),
                           "train": run.model_dump(mode="json"), "learned_steps": cfg.learned_steps,

@@ -18,7 +18,7 @@ from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.plan import grouping, plots
 from gts_megatron.plan.families import family_agreement
 from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers
-from gts_megatron.contracts.plan import Plan, write_plan
+from gts_megatron.contracts.plan import ROUTING_CHECKSUM, Plan, write_plan
 from gts_megatron.plan.similarity import distance_from_similarity, similarity_from_store, similarity_layers
 from gts_megatron.probe.store import read_probe, stored_languages
 
@@ -106,6 +106,8 @@ def make_plan(cfg: PlanConfig, out: Path, log=print) -> Plan:
                 moe_layers=moe_layers,
                 inputs={"source": cfg.probes or cfg.deviations, "checksums": checksums,
                         "parameters": cfg.model_dump(mode="json"), "normalised_ffn_deviation": profile.round(6).tolist()})
+    # the routing's own checksum: load_plan refuses a plan edited after this (a regrouped language)
+    plan = plan.model_copy(update={"inputs": {**plan.inputs, ROUTING_CHECKSUM: plan.sha256()}})
     families = family_agreement(plan.language_to_group)
     with staged_directory(out) as tmp:
         write_plan(tmp / "plan.json", plan)

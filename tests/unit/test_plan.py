@@ -124,6 +124,16 @@ def test_plan_from_a_probe_store_recovers_planted_families(tmp_path):
     rows = (tmp_path / "plan" / "similarity.csv").read_text().splitlines()
     assert len(rows) == 13 and rows[1].split(",")[1] == "1.000000"  # header + 12 languages; cos(x, x) = 1
     assert "3 groups:" in out.stdout and "MoE layers: [0, 1, 6, 7]" in out.stdout
+    # the plan as written loads; the same plan with one language moved to another group is refused
+    from gts_megatron.contracts.plan import load_plan
+    from gts_megatron.errors import GtsError
+
+    assert load_plan(tmp_path / "plan" / "plan.json").language_to_group == plan["language_to_group"]
+    moved = names[0]
+    plan["language_to_group"][moved] = (plan["language_to_group"][moved] + 1) % 3
+    (tmp_path / "plan" / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(GtsError, match=r"plan.json: its groups, experts or MoE layers were changed after `gts plan`"):
+        load_plan(tmp_path / "plan" / "plan.json")
 
 
 @pytest.mark.parametrize("case, fragments", [
