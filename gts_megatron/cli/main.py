@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + exc.signum
     except WorkersFailed as exc:
         return exc.code
+    except OSError as exc:  # the machine refused (read-only or full disk, a file where a folder must be)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -87,8 +87,12 @@ def scan_corpus(root: Path, languages: Optional[list[str]] = None) -> Corpus:
     files: dict[str, LanguageFile] = {}
     for path in sorted(root.iterdir()):
         suffix = next((s for s in _SUFFIXES if path.name.endswith(s)), None)
-        if suffix is None or not path.is_file():
+        if suffix is None:
             continue
+        if not path.is_file():  # named like a language file: dropping it silently would lose a language
+            what = "a directory" if path.is_dir() else "a link to nothing" if path.is_symlink() else "not a file"
+            raise GtsError(f"{path}: named like a language file but is {what}; make it a text file or move it "
+                           f"out of the corpus")
         code = check_language_code(path.name[: -len(suffix)], str(path))
         if code in files:
             raise GtsError(f"{root}: language {code!r} has two files, {files[code].path.name} and "

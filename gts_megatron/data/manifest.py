@@ -9,6 +9,7 @@ Layout of a data directory::
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -81,6 +82,32 @@ def write_manifest(data_dir: Path, manifest: Manifest) -> None:
                                                      ensure_ascii=False) + "\n")
 
 
+# megatron-core's indexed dataset: an .idx header (magic, version, dtype code, sequence and document
+# counts), then int32 lengths, int64 pointers and int64 document starts; the .bin holds the tokens
+_IDX_MAGIC = b"MMIDIDX\x00\x00"
+_IDX_HEADER = struct.Struct("<9sQBQQ")
+_ITEM_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}  # megatron's DType codes
+
+
+def check_dataset_sizes(prefix: Path, stats: SplitStats) -> None:
+    """Refuse a truncated or foreign .idx/.bin pair before megatron reads it: the sizes must be the
+    ones its header and the manifest's token count imply (a cheap check: no token is read)."""
+    idx, bin_ = prefix.with_suffix(".idx"), prefix.with_suffix(".bin")
+    with open(idx, "rb") as handle:
+        header = handle.read(_IDX_HEADER.size)
+    fix = "rebuild the data directory (gts data prepare --force)"
+    if len(header) < _IDX_HEADER.size or header[:9] != _IDX_MAGIC:
+        raise GtsError(f"{idx}: not a megatron index (truncated or another format); {fix}")
+    _, _, code, sequences, documents = _IDX_HEADER.unpack(header)
+    expected = _IDX_HEADER.size + sequences * 12 + documents * 8
+    if code not in _ITEM_BYTES or idx.stat().st_size != expected:
+        raise GtsError(f"{idx}: {idx.stat().st_size} bytes where its header implies {expected}: truncated; {fix}")
+    expected = stats.tokens * _ITEM_BYTES[code]
+    if bin_.stat().st_size != expected:
+        raise GtsError(f"{bin_}: {bin_.stat().st_size} bytes where the manifest's {stats.tokens} tokens take "
+                       f"{expected}: truncated or from another preparation; {fix}")
+
+
 def load_manifest(data_dir: Path) -> Manifest:
     """Read and validate ``data_dir/manifest.json``; every dataset file must be present."""
     path = data_dir / MANIFEST_FILE
@@ -98,6 +125,7 @@ def load_manifest(data_dir: Path) -> Manifest:
             prefix = dataset_prefix(data_dir, lang, split)
             if not (prefix.with_suffix(".bin").is_file() and prefix.with_suffix(".idx").is_file()):
                 raise GtsError(f"{path}: dataset {prefix}.bin/.idx is missing; rebuild the data directory")
+            check_dataset_sizes(prefix, manifest.data[lang].splits[split])
     return manifest
 
 

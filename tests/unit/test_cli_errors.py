@@ -101,3 +101,17 @@ def test_config_check_refuses_what_pretrain_refuses_with_the_same_line(tmp_path)
     assert_one_line_error(checked, line)
     assert_one_line_error(started, line)
     assert checked.stderr == started.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, kept", [("syn00/train.bin", 0.5), ("syn01/valid.idx", 0.5), ("syn01/test.idx", 0.0)])
+def test_a_truncated_dataset_file_is_one_line_before_any_run_directory_is_made(families_data, tmp_path, name, kept):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(families_data, data)
+    content = (data / name).read_bytes()
+    (data / name).write_bytes(content[:int(len(content) * kept)])
+    proc = run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--set", "data.kind=indexed",
+                   "--set", f"data.path={data}", check=False)
+    assert_one_line_error(proc, str(data / name), "rebuild the data directory")
+    assert not (tmp_path / "run").exists()

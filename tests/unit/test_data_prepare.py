@@ -70,6 +70,9 @@ def test_invalid_utf8_reports_file_and_offset_or_is_skipped_and_counted(tmp_path
     ("bad_jsonl", ["fr.jsonl.gz: line 3: missing field 'text'", "--text-field"]),
     ("bad_tokenizer", ["not a SentencePiece model"]),
     ("missing_language", ["no file for language(s) sw", "the corpus has de, en, fr"]),
+    ("dangling_link", ["ru.txt: named like a language file but is a link to nothing"]),
+    ("directory", ["es.txt: named like a language file but is a directory"]),
+    ("file_in_the_way", ["/data: File exists"]),
 ])
 def test_bad_corpus_is_refused_with_nothing_written(tmp_path, case, fragments):
     corpus = write_corpus(tmp_path / "corpus")
@@ -91,8 +94,17 @@ def test_bad_corpus_is_refused_with_nothing_written(tmp_path, case, fragments):
         extra = ["--tokenizer", str(tmp_path / "tok.model")]
     elif case == "missing_language":
         extra = ["--languages", "en,sw"]
-    assert_one_line_error(prepare(corpus, tmp_path / "data", *extra, check=False), *fragments)
-    assert not (tmp_path / "data").exists() and not list(tmp_path.glob(".data*"))
+    elif case == "dangling_link":
+        (corpus / "ru.txt").symlink_to(tmp_path / "nowhere.txt")
+    elif case == "directory":
+        (corpus / "es.txt").mkdir()
+    out = tmp_path / "data"
+    if case == "file_in_the_way":
+        out.write_text("a file where the output's parent folder should be")
+        out = out / "sub"
+    assert_one_line_error(prepare(corpus, out, *extra, check=False), *fragments)
+    assert (tmp_path / "data").is_file() if case == "file_in_the_way" else not (tmp_path / "data").exists()
+    assert not list(tmp_path.glob(".data*"))
 
 
 def test_existing_output_from_other_inputs_needs_force(tmp_path):
