@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gts_megatron.artifacts import atomic_write_text, read_json
+from gts_megatron.artifacts import atomic_write_text, file_sha256, read_json
 from gts_megatron.errors import GtsError
 
 FORMAT = "gts-plan/1"
@@ -97,6 +97,22 @@ def load_plan(path: Path) -> Plan:
                        f"(inputs.{ROUTING_CHECKSUM} differs); run `gts plan` again, or delete inputs.{ROUTING_CHECKSUM} "
                        f"to use the edited plan as it is")
     return plan
+
+
+def changed_inputs(plan: Plan) -> list[str]:
+    """The input files recorded in ``plan.inputs`` (probe results, or a deviations file) that are
+    still on this machine but whose bytes differ from when the plan was made: a plan made from
+    probes that have been re-run since. Files no longer present are not counted."""
+    source, checksums = plan.inputs.get("source"), plan.inputs.get("checksums") or {}
+    if not source or not isinstance(checksums, dict):
+        return []
+    root = Path(source)
+    changed = []
+    for name, digest in checksums.items():
+        path = Path(name) if Path(name).is_absolute() or root.is_file() else root / name
+        if path.is_file() and file_sha256(path) != digest:
+            changed.append(str(path))
+    return changed
 
 
 def write_plan(path: Path, plan: Plan) -> None:

@@ -178,3 +178,21 @@ def test_a_plan_json_that_names_a_language_twice_is_refused_not_read_as_the_last
     path.write_bytes(b'{"languages": ["d\xe9"]}')
     with pytest.raises(GtsError, match=r"plan.json: not UTF-8 text \(byte 17\)"):
         load_plan(path)
+
+
+def test_a_plan_whose_probe_results_changed_since_names_them(tmp_path):
+    from gts_megatron.contracts.plan import changed_inputs, load_plan
+
+    planted_probe_store(tmp_path / "probes", languages=6, families=2, layers=4, sketch_size=64)
+    run_gts("plan", "--probes", str(tmp_path / "probes"), "--k", "2", "--no-plots", "--out", str(tmp_path / "plan"))
+    plan = load_plan(tmp_path / "plan" / "plan.json")
+    assert changed_inputs(plan) == []
+    probe = tmp_path / "probes" / "l002.json"
+    probe.write_text(probe.read_text() + "\n")  # the probes were re-run: other bytes
+    assert changed_inputs(plan) == [str(probe)]
+    (tmp_path / "probes" / "l003.safetensors").unlink()  # inputs no longer here are not held against it
+    assert changed_inputs(plan) == [str(probe)]
+    proc = run_gts("expand", "--dense", str(tmp_path / "no-checkpoint"), "--plan", str(tmp_path / "plan" / "plan.json"),
+                   "--out", str(tmp_path / "moe"), check=False)
+    assert_one_line_error(proc, "1 of its input files changed since it was made", "l002.json", "--force")
+    assert not (tmp_path / "moe").exists()

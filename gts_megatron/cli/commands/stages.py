@@ -41,10 +41,19 @@ def expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default="runs/demo", help="the MoE checkpoint goes to <run-dir>/moe")
     p.add_argument("--out", help="checkpoint directory (overrides --run-dir)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the routers' initialisation")
+    p.add_argument("--force", action="store_true",
+                   help="expand even if the probe results the plan was made from have changed since")
 
 
 def expand(args: argparse.Namespace, _options) -> int:
+    from gts_megatron.contracts.plan import changed_inputs, load_plan
+    from gts_megatron.errors import GtsError
     from gts_megatron.expand import expand as run_expand
+
+    changed = [] if args.force else changed_inputs(load_plan(Path(args.plan)))
+    if changed:
+        raise GtsError(f"{args.plan}: {len(changed)} of its input files changed since it was made (e.g. {changed[0]}); "
+                       f"run `gts plan` again, or pass --force to expand with it as it is")
 
     run_expand(Path(args.dense), Path(args.plan), Path(args.out or Path(args.run_dir) / "moe"), args.seed)
     return 0
