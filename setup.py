@@ -66,6 +66,6 @@ setup(
     install_requires=INSTALL_REQUIRES,
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["gts=gts_megatron.cli:main"]},
 )
