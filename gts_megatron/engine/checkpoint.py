@@ -120,7 +120,11 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
         tmp.mkdir()
     dist.barrier()
     state = _sharded_state(model, optimizer, scheduler, train_state, with_rng=True, is_loading=False)
-    dist_checkpointing.save(state, str(tmp))
+    try:
+        dist_checkpointing.save(state, str(tmp))
+    except BaseException as exc:
+        _reraise_interrupt(exc)  # Ctrl-C inside DCP: an interrupt, not a traceback
+        raise
     dist.barrier()
     if is_main:
         meta = CheckpointMeta(step=step, world_size=dist.get_world_size(),
@@ -222,9 +226,8 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
     try:
         loaded = dist_checkpointing.load(request, str(path))
     except BaseException as exc:  # torch DCP's CheckpointException is a BaseException
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        cause = next(iter(getattr(exc, "failures", {}).values()), exc)  # DCP wraps per-rank errors
+        _reraise_interrupt(exc)
+        cause = _first_failure(exc)
         detail = (str(cause).strip().splitlines() or [""])[0][:200]
         raise GtsError(f"checkpoint {path} is unreadable or incomplete ({type(cause).__name__}"
                        f"{': ' + detail if detail else ''}); restore it or delete it to start over") from None
@@ -241,6 +244,22 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
             _set_rng_state(loaded["rng"])
         return dict(loaded["train_state"])
     return dict(meta.train_state)
+
+
+def _first_failure(exc: BaseException) -> BaseException:
+    """The first per-rank error inside torch DCP's CheckpointException (values: an exception, or
+    an (exception, traceback) pair), else ``exc`` itself."""
+    failure = next(iter((getattr(exc, "failures", None) or {}).values()), exc)
+    return failure[0] if isinstance(failure, tuple) and failure else failure
+
+
+def _reraise_interrupt(exc: BaseException) -> None:
+    """DCP catches every BaseException of a rank and re-raises it wrapped: a Ctrl-C that lands
+    inside a checkpoint load or save must still reach the command as KeyboardInterrupt (exit 130)."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise exc
+    if isinstance(_first_failure(exc), KeyboardInterrupt):
+        raise KeyboardInterrupt from None
 
 
 def _verify_on_rank0(path: Path, meta: CheckpointMeta) -> None:

@@ -69,3 +69,23 @@ def test_bf16_trains(tmp_path):
             "--set", "train.steps=6")
     losses = train_losses(tmp_path)
     assert losses[6] < losses[1] and valid_loss(tmp_path) < 5.6
+
+
+def test_a_ctrl_c_wrapped_by_torch_dcp_reaches_the_command_as_keyboard_interrupt():
+    """DCP catches each rank's BaseException and raises a CheckpointException of (exception,
+    traceback) pairs; Ctrl-C during a checkpoint load or save must still exit 130, not 2 or 1."""
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    from gts_megatron.engine.checkpoint import _first_failure, _reraise_interrupt
+
+    def wrapped(error: BaseException) -> CheckpointException:
+        try:
+            raise error
+        except BaseException as exc:
+            return CheckpointException("load", {0: _wrap_exception(exc)})
+
+    with pytest.raises(KeyboardInterrupt):
+        _reraise_interrupt(wrapped(KeyboardInterrupt()))
+    other = wrapped(ValueError("torn shard"))
+    _reraise_interrupt(other)  # any other failure is left to the caller's one-line error
+    assert isinstance(_first_failure(other), ValueError) and str(_first_failure(other)) == "torn shard"
