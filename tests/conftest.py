@@ -29,6 +29,13 @@ def gts_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "gts_megatron.cli", *args]
 
 
+def interruptible() -> None:
+    """``preexec_fn`` of a child the test will Ctrl-C. A shell without job control starts its
+    background jobs with SIGINT ignored, children inherit that, and a Python started so never
+    raises KeyboardInterrupt: the test would then measure how it was launched, not gts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_gts(*args: str, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `gts <args>` to completion (``env``: extra variables); with ``check`` a non-zero exit
     fails the test."""

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import assert_one_line_error, files_under, gts_cmd, gts_env, run_gts
+from tests.conftest import assert_one_line_error, files_under, gts_cmd, gts_env, interruptible, run_gts
 
 README = "# project\n\n## Results\n\n<!-- demo-results:begin -->\nold numbers\n<!-- demo-results:end -->\n\nrest\n"
 
@@ -23,7 +23,7 @@ def quick_demo(tmp_path_factory):
     run_dir = root / "run"
     env = {**gts_env(), "OMP_NUM_THREADS": "2"}  # the only process: both cores
     first = subprocess.Popen(gts_cmd("demo", "--quick", "--run-dir", str(run_dir)), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env)
+                             stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=interruptible)
     lines = []
     for line in first.stdout:
         lines.append(line)

@@ -10,7 +10,7 @@ import pytest
 from gts_megatron.config import ProbeConfig, build_options
 from gts_megatron.config.bench import BenchTrainConfig
 from gts_megatron.errors import GtsError
-from tests.conftest import assert_one_line_error, gts_cmd, gts_env, run_gts
+from tests.conftest import assert_one_line_error, gts_cmd, gts_env, interruptible, run_gts
 
 
 def last_json(stdout: str) -> dict:
@@ -102,7 +102,8 @@ def test_bench_train_interrupted_reports_nothing(tmp_path):
     proc = subprocess.Popen(gts_cmd("bench", "train", *TINY_BENCH, "--arms", "dense", "--warmup", "0", "--steps", "2000",
                                     "--out", str(out),
                                     "--work-dir", str(tmp_path / "w")),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=gts_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=gts_env(),
+                            preexec_fn=interruptible)
     for line in proc.stdout:
         if line.startswith("step 10/"):  # timed: no warm-up steps are asked for
             proc.send_signal(signal.SIGINT)
