@@ -60,7 +60,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["gts_megatron", "gts_megatron.*"]),
-    package_data={"gts_megatron": ["configs/*.yaml", "configs/models/*.yaml"]},
+    package_data={"gts_megatron": ["configs/*.yaml", "configs/models/*.yaml", "configs/recipes/*.yaml"]},
     # the sbatch templates of `gts launch`, found there when the package is not run from a checkout
     data_files=[("share/gts_megatron/launchers/slurm", sorted(str(p) for p in Path("launchers/slurm").glob("*.sbatch")))],
     install_requires=INSTALL_REQUIRES,

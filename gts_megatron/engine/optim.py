@@ -25,18 +25,3 @@ def build_optimizer(model, train: TrainConfig, model_cfg: ModelConfig, parallel:
         lr_decay_style=train.lr_decay, start_wd=train.weight_decay, end_wd=train.weight_decay,
         wd_incr_steps=decay_steps, wd_incr_style="constant")
     return optimizer, scheduler
-
-
-def lr_at(train: TrainConfig, step: int) -> float:
-    """The learning rate megatron's scheduler gives at ``step`` under ``train``'s schedule (used to
-    continue one schedule across two runs, as GtS stage 2 does after stage 1)."""
-    import math
-
-    decay_steps = max(1, train.lr_decay_steps or train.steps)
-    if train.warmup_steps and step <= train.warmup_steps:
-        return train.lr * step / train.warmup_steps
-    if train.lr_decay == "constant":
-        return train.lr
-    ratio = min(1.0, (step - train.warmup_steps) / max(1, decay_steps - train.warmup_steps))
-    factor = 0.5 * (math.cos(math.pi * ratio) + 1.0) if train.lr_decay == "cosine" else 1.0 - ratio
-    return train.min_lr + (train.lr - train.min_lr) * factor

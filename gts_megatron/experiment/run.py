@@ -18,7 +18,8 @@ from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.perplexity import evaluate_cached
 from gts_megatron.eval.load import TrainedModel
 from gts_megatron.engine.checkpoint import finished_checkpoint as finished
-from gts_megatron.experiment.arms import arm_plan, stage_config, stages
+from gts_megatron.contracts.training import stage_config, stages
+from gts_megatron.experiment.arms import arm_plan
 from gts_megatron.figures import pyplot, save_figure
 from gts_megatron.contracts.plan import Plan, load_plan, write_plan
 

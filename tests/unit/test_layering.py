@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "gts_megatron"
 LOWER = {"config", "runtime", "model", "engine", "data", "ops", "contracts", "errors", "artifacts", "figures"}
 # the pipeline's stages, the tools around them and the CLI, which may import the lower layers
 STAGES = {"base", "probe", "plan", "expand", "train", "eval", "experiment", "adapt", "demo", "bench", "launch", "hf",
-          "cli"}
+          "recipe", "cli"}
 
 
 def _module_name(path: Path) -> str:

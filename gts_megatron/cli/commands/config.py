@@ -7,6 +7,7 @@ import argparse
 def config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["show", "check"])
     p.add_argument("file", nargs="?", help="config file for `check`")
+    p.add_argument("--recipe", action="store_true", help="show: the fields of a `gts run` recipe instead")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--world-size", type=int,
                    help="check the run as `gts pretrain`/`gts train` would start it on this many processes "
@@ -17,6 +18,11 @@ def config(args: argparse.Namespace, _options) -> int:
     from gts_megatron.config import describe_fields, dump_config, load_config, model_presets
     from gts_megatron.errors import GtsError
 
+    if args.action == "show" and args.recipe:
+        from gts_megatron.config.recipe import describe_recipe
+
+        print(describe_recipe())
+        return 0
     if args.action == "show":
         print(describe_fields())
         print(f"# model presets (model: <name>): {', '.join(model_presets())}")

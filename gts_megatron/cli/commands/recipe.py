@@ -1,0 +1,31 @@
+"""`gts run RECIPE` and `gts run status RECIPE`."""
+from __future__ import annotations
+
+import argparse
+
+
+def run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (see `gts config show --recipe`), or a packaged recipe's name; "
+                                  "`gts run status RECIPE` shows where its run stands")
+    p.add_argument("status_of", nargs="?", metavar="RECIPE", help=argparse.SUPPRESS)
+    p.add_argument("--from", dest="start_from", metavar="STAGE", help="run again from this stage on")
+    p.add_argument("--dry-run", action="store_true", help="print the stages and their commands, run nothing")
+
+
+def run(args: argparse.Namespace, _options) -> int:
+    from gts_megatron.errors import GtsError
+    from gts_megatron.recipe import dry_run, open_recipe, recipe_status, run_recipe
+
+    if args.recipe == "status":
+        if args.status_of is None:
+            raise GtsError("gts run status RECIPE: name the recipe")
+        print(recipe_status(open_recipe(args.status_of)))
+        return 0
+    if args.status_of is not None:
+        raise GtsError(f"gts run {args.recipe} {args.status_of}: give one recipe (or `gts run status RECIPE`)")
+    recipe = open_recipe(args.recipe)
+    if args.dry_run:
+        print(dry_run(recipe, args.start_from))
+        return 0
+    run_recipe(recipe, args.start_from, log=lambda line: print(line, flush=True))
+    return 0

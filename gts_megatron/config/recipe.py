@@ -1,0 +1,207 @@
+"""A recipe: one typed YAML that describes a whole GtS run (`gts run RECIPE`).
+
+Its sections reuse the commands' own options (probe, plan, prepare, eval windows) without the
+fields the recipe fills in itself (the base, the data, the languages), so a value the command
+would refuse is refused here, before anything runs. Paths are relative to the recipe file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError, create_model, model_validator
+
+from gts_megatron.config.commands import EvalWindows, PlanConfig, PrepareConfig, ProbeConfig
+from gts_megatron.config.loading import apply_overrides, parse_yaml, read_utf8
+from gts_megatron.config.run import _Section
+from gts_megatron.errors import GtsError
+
+
+def _options_without(section: type[_Section], name: str, drop: tuple[str, ...], filled: str) -> type[_Section]:
+    """``section``'s fields less ``drop`` (which the recipe fills in), as a new section."""
+    fields = {key: (f.annotation, f) for key, f in section.model_fields.items() if key not in drop}
+    doc = f"{section.__doc__.strip().splitlines()[0]} ({', '.join(drop)}: {filled})"
+    return create_model(name, __base__=_Section, __doc__=doc, **fields)
+
+
+PrepareOptions = _options_without(PrepareConfig, "PrepareOptions", ("corpus", "languages"),
+                                  "the recipe's corpus and languages")
+ProbeOptions = _options_without(ProbeConfig, "ProbeOptions", ("base", "data", "languages"),
+                                "the recipe's base, data and languages")
+PlanOptions = _options_without(PlanConfig, "PlanOptions", ("probes", "deviations", "languages"),
+                               "the probe stage's results and the recipe's languages")
+
+
+class BaseRecipe(_Section):
+    """The dense model the method starts from: a Hugging Face folder to import, or one trained here."""
+
+    hf: Optional[str] = Field(None, description="Hugging Face Llama/Mistral/Qwen2 folder to import; its "
+                                                "tokenizer then tokenizes the corpus")
+    pretrain_steps: Optional[int] = Field(
+        None, ge=1, description="instead of hf: train a dense base from scratch for this many steps (the run "
+                                "config's model, a tokenizer trained on the corpus)")
+    verify: bool = Field(True, description="hf: compare the import's logits with transformers")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaseRecipe":
+        if (self.hf is None) == (self.pretrain_steps is None):
+            raise ValueError("give exactly one of base.hf (a folder to import) or base.pretrain_steps")
+        return self
+
+
+class TrainRecipe(_Section):
+    """GtS training of the expanded model: stage 1 (group routing), then stage 2 (learned routing)."""
+
+    steps: int = Field(100, ge=1, description="training steps of both stages together")
+    learned_steps: int = Field(0, ge=0, description="of steps, the last ones in stage 2 (learned top-k "
+                                                    "routing); 0 = stage 1 only")
+    nproc_per_node: int = Field(1, ge=1, description="processes per training run (parallel layout: set "
+                                                     "parallel.tensor / parallel.expert under `set`)")
+
+    @model_validator(mode="after")
+    def _stage_one_steps(self) -> "TrainRecipe":
+        if self.learned_steps >= self.steps:
+            raise ValueError(f"train.learned_steps {self.learned_steps} leaves stage 1 no steps of {self.steps}")
+        return self
+
+
+class EvalRecipe(EvalWindows):
+    """Held-out perplexity of the GtS model per language, beside optional baselines at equal tokens."""
+
+    languages: Optional[list[str]] = Field(None, description="languages to score; null = the recipe's languages")
+    baselines: list[Literal["dense", "random"]] = Field(
+        [], description="also train and score, on the same tokens: dense (continued training of the base) and "
+                        "random (GtS with random groups of the same sizes)")
+
+
+class AdaptRecipe(_Section):
+    """New languages, each as a new expert of the trained model (`gts adapt`)."""
+
+    languages: list[str] = Field(min_length=1, description="languages in the data but not in the recipe's")
+    steps: int = Field(100, ge=1, description="training steps per language")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+
+
+class ExportRecipe(_Section):
+    """The trained GtS model as a Hugging Face folder (`gts export-hf`, GtsForCausalLM)."""
+
+    architecture: Optional[str] = Field(None, description="family to write; null = the imported one")
+
+
+STAGE_SECTIONS = ("prepare", "base", "probe", "plan", "train", "eval", "adapt", "export_hf")
+
+
+class Recipe(_Section):
+    """`gts run`: the whole method, stage by stage, each stage into <run_dir>/<stage>."""
+
+    run_dir: str = Field("run", description="where every stage writes (relative to the recipe)")
+    corpus: Optional[str] = Field(None, description="corpus directory, one file per language (see `gts data "
+                                                    "prepare`)")
+    data: Optional[str] = Field(None, description="instead of corpus: a data directory already prepared")
+    languages: Optional[list[str]] = Field(None, description="the GtS languages; null = every one in the data")
+    config: Optional[str] = Field(None, description="run config YAML of the training runs (pretrain base only; "
+                                                    "an imported base brings its model)")
+    set: list[str] = Field([], description="overrides of every training run, SECTION.FIELD=VALUE as --set")
+    prepare: PrepareOptions = Field(default_factory=PrepareOptions, description="tokenizer and datasets")
+    base: BaseRecipe = Field(description="the dense base model")
+    probe: ProbeOptions = Field(default_factory=ProbeOptions, description="the per-language probes")
+    plan: PlanOptions = Field(description="groups and MoE layers (k, the number of groups, at least)")
+    train: TrainRecipe = Field(default_factory=TrainRecipe, description="GtS training")
+    eval: Optional[EvalRecipe] = Field(default_factory=EvalRecipe, description="evaluation; null = none")
+    adapt: Optional[AdaptRecipe] = Field(None, description="new languages as new experts; null = none")
+    export_hf: Optional[ExportRecipe] = Field(None, description="a Hugging Face folder of the model; null = none")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if (self.corpus is None) == (self.data is None):
+            raise ValueError("give exactly one of corpus (a directory to prepare) or data (one already prepared)")
+        if self.base.hf and self.config:
+            raise ValueError("config: an imported base brings its own model; give training settings under set")
+        if self.data is not None and "prepare" in self.model_fields_set:
+            raise ValueError("prepare: the data is already prepared; drop the prepare section")
+        if self.adapt is not None:
+            if self.languages is None:
+                raise ValueError("adapt needs languages: the GtS languages, so that the new ones stay out of them")
+            overlap = sorted(set(self.adapt.languages) & set(self.languages))
+            if overlap:
+                raise ValueError(f"adapt.languages {', '.join(overlap)} are already GtS languages")
+        apply_overrides({}, list(self.set))  # the overrides' shape, before any run meets them
+        for name, section, cls, filled in (("probe", self.probe, ProbeConfig, {"base": ".", "data": "."}),
+                                           ("plan", self.plan, PlanConfig, {"probes": "."})):
+            try:
+                cls.model_validate({**section.model_dump(exclude_unset=True), **filled})
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                raise ValueError(f"{name}: {error['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+
+# fields that name files, by section: resolved against the recipe's folder
+_PATHS = {"": ("run_dir", "corpus", "data", "config"), "base": ("hf",), "prepare": ("tokenizer",),
+          "plan": ("groups_map",)}
+
+
+def _resolve_paths(raw: dict, folder: Path) -> dict:
+    raw.setdefault("run_dir", Recipe.model_fields["run_dir"].default)  # a default is relative too
+    for section, names in _PATHS.items():
+        values = raw if not section else raw.get(section)
+        if not isinstance(values, dict):
+            continue
+        for name in names:
+            if isinstance(values.get(name), str):
+                values[name] = str((folder / values[name]).resolve())
+    return raw
+
+
+def _describe(error: dict, source: str) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        section = Recipe
+        for part in error["loc"][:-1]:
+            annotation = section.model_fields[part].annotation
+            section = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")))
+        return f"{source}: unknown field {loc}; valid fields: {', '.join(section.model_fields)}"
+    msg = error["msg"].removeprefix("Value error, ")
+    got = "" if error["type"] == "value_error" else f" (got {error.get('input')!r})"
+    return f"{source}: {loc}: {msg}{got}"
+
+
+def load_recipe(path: Path, relative_to: Optional[Path] = None) -> Recipe:
+    """A recipe from YAML, with its paths made absolute (against ``relative_to``, by default the
+    recipe's folder), checked: every input it names exists."""
+    if not path.is_file():
+        raise GtsError(f"recipe {path} does not exist")
+    raw = parse_yaml(read_utf8(path), str(path))
+    if not isinstance(raw, dict):
+        raise GtsError(f"{path}: expected a mapping with sections {', '.join(STAGE_SECTIONS)}")
+    raw = _resolve_paths(raw, relative_to or path.resolve().parent)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise GtsError(_describe(exc.errors()[0], str(path))) from None
+    for field, value in (("corpus", recipe.corpus), ("data", recipe.data), ("base.hf", recipe.base.hf),
+                         ("config", recipe.config), ("prepare.tokenizer", recipe.prepare.tokenizer),
+                         ("plan.groups_map", recipe.plan.groups_map)):
+        if value is not None and not Path(value).exists():
+            raise GtsError(f"{path}: {field}: {value} does not exist")
+    return recipe
+
+
+def describe_recipe() -> str:
+    """Every recipe field with its default and meaning (``gts config show --recipe``)."""
+    lines = []
+    for name, field in Recipe.model_fields.items():
+        annotation = field.annotation
+        section = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")),
+                       None)
+        if section is None:
+            default = field.get_default(call_default_factory=True) if not field.is_required() else "(required)"
+            lines.append(f"{name}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}  # "
+                         f"{field.description}")
+            continue
+        lines.append(f"{name}:  # {field.description}: {section.__doc__.strip().splitlines()[0]}")
+        for key, f in section.model_fields.items():
+            default = f.get_default(call_default_factory=True) if not f.is_required() else "(required)"
+            lines.append(f"  {key}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}  # {f.description}")
+    return "\n".join(lines)

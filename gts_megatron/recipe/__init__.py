@@ -1,0 +1,58 @@
+"""`gts run`: a recipe (one YAML) runs the whole method, stage by stage, and resumes.
+
+- :mod:`.stages`: a recipe -> its stages, each the `gts` commands a user would type;
+- :mod:`.runner`: runs them in order with a record per stage (skip what is done, resume what
+  was interrupted, rerun what changed) and reports where a run stands.
+"""
+from __future__ import annotations
+
+import shlex
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional
+
+from gts_megatron.config.recipe import Recipe, load_recipe
+from gts_megatron.errors import GtsError
+from gts_megatron.recipe.runner import format_status, run_stages
+from gts_megatron.recipe.stages import recipe_stages, stage_named
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped with the package (``gts run NAME``)."""
+    root = resources.files("gts_megatron") / "configs" / "recipes"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def open_recipe(name: str) -> Recipe:
+    """The recipe file ``name``, or the packaged recipe of that name (its paths then relative to the
+    current folder), validated, its paths absolute."""
+    path = Path(name)
+    if path.is_file():
+        return load_recipe(path)
+    if name in packaged_recipes():
+        return load_recipe(Path(str(resources.files("gts_megatron") / "configs" / "recipes" / f"{name}.yaml")),
+                           relative_to=Path.cwd())
+    raise GtsError(f"recipe {name} does not exist; give a YAML file or one of: {', '.join(packaged_recipes())}")
+
+
+def dry_run(recipe: Recipe, start_from: Optional[str] = None) -> str:
+    """The stages and their commands, as `gts run` would run them."""
+    stages = recipe_stages(recipe)
+    stage_named(stages, start_from)
+    lines = []
+    for number, stage in enumerate(stages, 1):
+        lines.append(f"# [{number}/{len(stages)}] {stage.name}: {stage.about} -> {stage.output}")
+        lines += [shlex.join(command) for command in stage.commands]
+    return "\n".join(lines)
+
+
+def run_recipe(recipe: Recipe, start_from: Optional[str] = None, log: Callable[[str], None] = print) -> None:
+    """Run ``recipe``'s stages (see :mod:`.runner`)."""
+    stages = recipe_stages(recipe)
+    stage_named(stages, start_from)
+    run_stages(Path(recipe.run_dir), stages, start_from, log)
+
+
+def recipe_status(recipe: Recipe) -> str:
+    """Each stage's state, time and output."""
+    return format_status(Path(recipe.run_dir), recipe_stages(recipe))

@@ -1,0 +1,221 @@
+"""Run a recipe's stages in order, each as its `gts` commands in a child process, and keep a
+record per stage in <run_dir>/stages/<stage>.json: its state, the hash of its inputs, its times.
+
+A stage whose record says done with the same inputs is skipped. An interrupted or failed stage
+runs again: the resumable ones (training, probes, datasets) go on from what they left, the others
+start afresh. A stage whose inputs changed, and every stage from ``--from`` on, first moves its
+old output aside to ``<output>.previous``.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from gts_megatron.artifacts import atomic_write_text, read_json
+from gts_megatron.errors import GtsError, Interrupted
+from gts_megatron.recipe.stages import Stage
+
+RECORDS = "stages"
+
+
+def _fingerprint(path: Path) -> list:
+    """What identifies an input outside the run: a file's bytes, a folder's files' sizes and times."""
+    if path.is_file():
+        return [path.name, hashlib.sha256(path.read_bytes()).hexdigest()]
+    return sorted([str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
+                  for p in path.rglob("*") if p.is_file())
+
+
+def stage_keys(stages: list[Stage]) -> dict[str, str]:
+    """Each stage's input hash: its commands, what it reads, and the hashes of the stages before it."""
+    keys: dict[str, str] = {}
+    for stage in stages:
+        inputs = {"commands": stage.commands, "after": [keys.get(name) for name in stage.after],
+                  "reads": [[str(p), _fingerprint(p)] for p in stage.reads]}
+        keys[stage.name] = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return keys
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """Where one stage stands: done, running, interrupted, failed, changed (inputs) or pending."""
+
+    stage: Stage
+    state: str
+    seconds: Optional[float] = None
+    reason: str = ""
+    job: Optional[str] = None
+
+
+def record_path(run_dir: Path, name: str) -> Path:
+    """Where the record of stage ``name`` lives (its log beside it, ``.log``)."""
+    return run_dir / RECORDS / f"{name}.json"
+
+
+def _read_record(run_dir: Path, name: str) -> Optional[dict]:
+    path = record_path(run_dir, name)
+    return read_json(path) if path.is_file() else None
+
+
+def _write_record(run_dir: Path, stage: Stage, record: dict) -> None:
+    atomic_write_text(record_path(run_dir, stage.name), json.dumps(record, indent=1) + "\n")
+
+
+def _upstream(run_dir: Path, stage: Stage) -> dict:
+    """When each stage that ``stage`` reads last finished: a rerun of one makes this one stale."""
+    return {name: (_read_record(run_dir, name) or {}).get("finished") for name in stage.after}
+
+
+def _alive(record: dict) -> bool:
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_status(run_dir: Path, stage: Stage, key: str) -> StageStatus:
+    """The state of ``stage`` from its record (a running record whose process is gone: interrupted)."""
+    record = _read_record(run_dir, stage.name)
+    if record is None:
+        return StageStatus(stage, "pending")
+    state = record["state"]
+    if record.get("key") != key:
+        return StageStatus(stage, "changed", reason="its inputs changed since it ran; it runs again")
+    if state == "done" and record.get("upstream") != _upstream(run_dir, stage):
+        return StageStatus(stage, "changed", reason="a stage it reads ran again since; it runs again")
+    if state == "done" and not stage.output.exists():
+        return StageStatus(stage, "changed", reason=f"its output {stage.output} is gone; it runs again")
+    if state == "running" and not record.get("job") and not _alive(record):
+        state = "interrupted"
+    seconds = record.get("seconds") or (time.time() - record["started"] if state == "running" else None)
+    return StageStatus(stage, state, seconds, record.get("reason", ""), record.get("job"))
+
+
+def _set_parent_death_signal() -> None:
+    """preexec_fn: the stage's process dies with the runner (Linux), not on as an orphan."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _last_error(lines: list[str]) -> str:
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or [line for line in lines if line.strip()] or ["no output"])[-1].strip()[:500]
+
+
+def _run_command(command: tuple[str, ...], log_file: Path) -> tuple[int, str]:
+    """Run one `gts` command, its output to the terminal and the stage's log; (exit code, last error)."""
+    argv = [sys.executable, "-m", "gts_megatron.cli", *command[1:]]
+    tail: list[str] = []
+    with open(log_file, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                 preexec_fn=_set_parent_death_signal)
+        forward = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+        try:
+            while True:
+                try:
+                    for line in child.stdout:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                        log.write(line)
+                        tail = (tail + [line.rstrip("\n")])[-50:]
+                    break
+                except KeyboardInterrupt:  # the child got the Ctrl-C too: let it save and stop
+                    continue
+            return child.wait(), _last_error(tail)
+        finally:
+            signal.signal(signal.SIGTERM, forward)
+
+
+def _move_aside(stage: Stage) -> None:
+    if stage.output.exists():
+        previous = stage.output.with_name(stage.output.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        stage.output.rename(previous)
+
+
+def _run_stage(run_dir: Path, stage: Stage, key: str) -> None:
+    """Run ``stage``'s commands under a record that says how it went; raise if it did not finish."""
+    started = time.time()
+    record = {"state": "running", "key": key, "upstream": _upstream(run_dir, stage), "started": started,
+              "pid": os.getpid(), "host": socket.gethostname()}
+    _write_record(run_dir, stage, record)
+    for command in stage.commands:
+        code, reason = _run_command(command, run_dir / RECORDS / f"{stage.name}.log")
+        if code:
+            signum = code - 128 if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) else None
+            _write_record(run_dir, stage, {**record, "state": "interrupted" if signum else "failed",
+                                           "reason": reason, "exit_code": code, "finished": time.time()})
+            if signum:
+                raise Interrupted(signum, f"stage {stage.name}")
+            raise GtsError(f"stage {stage.name} failed (exit {code}): {reason}; see "
+                           f"{run_dir / RECORDS / (stage.name + '.log')}, then `gts run` again to resume")
+    finished = time.time()
+    _write_record(run_dir, stage, {**record, "state": "done", "finished": finished, "seconds": finished - started})
+
+
+def run_stages(run_dir: Path, stages: list[Stage], start_from: Optional[str] = None,
+               log: Callable[[str], None] = print) -> None:
+    """Run every stage not done with its current inputs (and every one from ``start_from`` on)."""
+    keys = stage_keys(stages)
+    (run_dir / RECORDS).mkdir(parents=True, exist_ok=True)
+    forced = False
+    for number, stage in enumerate(stages, 1):
+        forced = forced or stage.name == start_from
+        status = stage_status(run_dir, stage, keys[stage.name])
+        head = f"[{number}/{len(stages)}] {stage.name}: {stage.about}"
+        if status.state == "done" and not forced:
+            log(f"{head} - done before, skipped")
+            continue
+        if status.state == "running":
+            raise GtsError(f"stage {stage.name} is running (pid {_read_record(run_dir, stage.name)['pid']}); wait for "
+                           f"it or stop it before running the recipe again")
+        if forced or status.state == "changed" or (status.state != "pending" and not stage.resumable):
+            _move_aside(stage)
+        again = " (resumes)" if status.state in ("interrupted", "failed") and stage.resumable and not forced else ""
+        log(f"{head}{again}")
+        started = time.time()
+        _run_stage(run_dir, stage, keys[stage.name])
+        log(f"[{number}/{len(stages)}] {stage.name} done in {time.time() - started:.0f} s -> {stage.output}")
+
+
+def run_status(run_dir: Path, stages: list[Stage]) -> list[StageStatus]:
+    """Every stage's status; a done stage that reads one that is not done will run again too."""
+    keys, found = stage_keys(stages), {}
+    for stage in stages:
+        status = stage_status(run_dir, stage, keys[stage.name])
+        if status.state == "done" and any(found[name].state != "done" for name in stage.after if name in found):
+            status = StageStatus(stage, "changed", reason="a stage it reads runs again; then it does")
+        found[stage.name] = status
+    return list(found.values())
+
+
+def format_status(run_dir: Path, stages: list[Stage]) -> str:
+    """One line per stage: its state, time and output (or why it failed)."""
+    lines = []
+    for status in run_status(run_dir, stages):
+        stage = status.stage
+        took = f"{status.seconds:.0f} s" if status.seconds is not None else ""
+        detail = {"done": str(stage.output), "failed": status.reason, "changed": status.reason,
+                  "interrupted": "run `gts run` again to resume" if stage.resumable else "runs again",
+                  "running": f"job {status.job}" if status.job else str(stage.output)}.get(status.state, "")
+        lines.append(f"{stage.name:<10} {status.state:<12} {took:>7}  {detail}")
+    return "\n".join(lines)
