@@ -23,16 +23,26 @@ def packaged_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def _recipe_file(name: str) -> tuple[Path, bool]:
+    """(the file, whether it is packaged) that ``name`` names: a path, else a packaged recipe."""
+    path = Path(name)
+    if path.is_file():
+        return path, False
+    if name in packaged_recipes():
+        return Path(str(resources.files("gts_megatron") / "configs" / "recipes" / f"{name}.yaml")), True
+    raise GtsError(f"recipe {name} does not exist; give a YAML file or one of: {', '.join(packaged_recipes())}")
+
+
+def recipe_text(name: str) -> str:
+    """The YAML of the recipe ``name`` names, as written."""
+    return _recipe_file(name)[0].read_text(encoding="utf-8")
+
+
 def open_recipe(name: str) -> Recipe:
     """The recipe file ``name``, or the packaged recipe of that name (its paths then relative to the
     current folder), validated, its paths absolute."""
-    path = Path(name)
-    if path.is_file():
-        return load_recipe(path)
-    if name in packaged_recipes():
-        return load_recipe(Path(str(resources.files("gts_megatron") / "configs" / "recipes" / f"{name}.yaml")),
-                           relative_to=Path.cwd())
-    raise GtsError(f"recipe {name} does not exist; give a YAML file or one of: {', '.join(packaged_recipes())}")
+    path, packaged = _recipe_file(name)
+    return load_recipe(path, relative_to=Path.cwd() if packaged else None)
 
 
 def dry_run(recipe: Recipe, start_from: Optional[str] = None) -> str:

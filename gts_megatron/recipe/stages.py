@@ -89,7 +89,10 @@ class _Layout:
         """The training runs' config, but for the model an imported base brings (its train and moe
         sections are what stages 1 and 2 derive theirs from)."""
         data = [f"{k}={_override_value(v)}" for k, v in self.run_data(steps).items()]
-        return load_config(self.recipe.config, [*self.recipe.set, *data])
+        # an imported model's section is not known before the import: let any sequence length
+        # pass, as only the train and moe sections are read from this config
+        model = ["model.max_seq_length=1000000"] if self.recipe.base.hf else []
+        return load_config(self.recipe.config, [*self.recipe.set, *data, *model])
 
     def recipe_args(self) -> list[str]:
         """--config and the recipe's own --set of every training run."""

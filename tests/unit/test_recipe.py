@@ -60,6 +60,16 @@ def test_inconsistent_recipes_are_refused_in_one_line(tmp_path, extra, fragment)
         load_recipe(_recipe(tmp_path, extra))
 
 
+def test_the_packaged_template_is_a_valid_recipe_once_its_placeholders_exist(tmp_path):
+    from gts_megatron.recipe import recipe_text
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "hf-model").mkdir()
+    (tmp_path / "my-gts.yaml").write_text(recipe_text("hf-model"))
+    names = [s.name for s in recipe_stages(load_recipe(tmp_path / "my-gts.yaml"))]
+    assert names == ["import", "data", "probe", "plan", "expand", "group", "learned", "eval", "export"]
+
+
 def _stage(tmp_path: Path, name: str, *command: str, after=()) -> Stage:
     # `gts config` writes no file: let the stage's log, which the runner writes, stand for its output
     return Stage(name, name, (("gts", *command),), tmp_path / "run" / "stages" / f"{name}.log", tuple(after))

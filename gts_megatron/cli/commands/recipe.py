@@ -10,11 +10,13 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("status_of", nargs="?", metavar="RECIPE", help=argparse.SUPPRESS)
     p.add_argument("--from", dest="start_from", metavar="STAGE", help="run again from this stage on")
     p.add_argument("--dry-run", action="store_true", help="print the stages and their commands, run nothing")
+    p.add_argument("--show", action="store_true",
+                   help="print the recipe's YAML (a packaged one, to copy and fill in: gts run hf-model --show)")
 
 
 def run(args: argparse.Namespace, _options) -> int:
     from gts_megatron.errors import GtsError
-    from gts_megatron.recipe import dry_run, open_recipe, recipe_status, run_recipe
+    from gts_megatron.recipe import dry_run, open_recipe, recipe_status, recipe_text, run_recipe
 
     if args.recipe == "status":
         if args.status_of is None:
@@ -23,6 +25,9 @@ def run(args: argparse.Namespace, _options) -> int:
         return 0
     if args.status_of is not None:
         raise GtsError(f"gts run {args.recipe} {args.status_of}: give one recipe (or `gts run status RECIPE`)")
+    if args.show:
+        print(recipe_text(args.recipe), end="")
+        return 0
     recipe = open_recipe(args.recipe)
     if args.dry_run:
         print(dry_run(recipe, args.start_from))
