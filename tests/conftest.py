@@ -4,13 +4,17 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.local_slurm import LocalSlurm, unavailable
 
 TINY = str(Path(__file__).resolve().parents[1] / "gts_megatron" / "configs" / "tiny.yaml")
 
@@ -167,3 +171,20 @@ def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
             p.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A single-node Slurm cluster for the session (test_launch, test_recipe); skipped (or, with
+    GTS_REQUIRE_SLURM=1, failed) on machines that cannot run one."""
+    reason = unavailable()
+    if reason:
+        if os.environ.get("GTS_REQUIRE_SLURM") == "1":
+            pytest.fail(f"GTS_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    # munged wants every folder above its socket world-executable; pytest's temp folders are 0700
+    base = Path(tempfile.mkdtemp(prefix="gts-slurm-", dir="/tmp"))
+    cluster = LocalSlurm(base).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(base, ignore_errors=True)

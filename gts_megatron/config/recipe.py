@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from gts_megatron.config.commands import EvalWindows, PlanConfig, PrepareConfig, ProbeConfig
+from gts_megatron.config.launch import SlurmJobConfig
 from gts_megatron.config.loading import apply_overrides, parse_yaml, read_utf8
 from gts_megatron.config.run import _Section
 from gts_megatron.errors import GtsError
@@ -31,6 +32,10 @@ ProbeOptions = _options_without(ProbeConfig, "ProbeOptions", ("base", "data", "l
                                 "the recipe's base, data and languages")
 PlanOptions = _options_without(PlanConfig, "PlanOptions", ("probes", "deviations", "languages"),
                                "the probe stage's results and the recipe's languages")
+
+SlurmOptions = _options_without(SlurmJobConfig, "SlurmOptions",
+                                ("nodes", "launcher", "nproc_per_node", "job_name", "ray_port", "ray_object_store_mb",
+                                 "array_parallel"), "one job of one task per stage")
 
 
 class BaseRecipe(_Section):
@@ -89,7 +94,7 @@ class ExportRecipe(_Section):
     architecture: Optional[str] = Field(None, description="family to write; null = the imported one")
 
 
-STAGE_SECTIONS = ("prepare", "base", "probe", "plan", "train", "eval", "adapt", "export_hf")
+STAGE_SECTIONS = ("prepare", "base", "probe", "plan", "train", "eval", "adapt", "export_hf", "slurm")
 
 
 class Recipe(_Section):
@@ -111,6 +116,8 @@ class Recipe(_Section):
     eval: Optional[EvalRecipe] = Field(default_factory=EvalRecipe, description="evaluation; null = none")
     adapt: Optional[AdaptRecipe] = Field(None, description="new languages as new experts; null = none")
     export_hf: Optional[ExportRecipe] = Field(None, description="a Hugging Face folder of the model; null = none")
+    slurm: Optional[SlurmOptions] = Field(None, description="`gts run --launcher slurm`: the jobs' resources "
+                                                            "(logs default to <run_dir>/slurm-logs)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
@@ -127,8 +134,11 @@ class Recipe(_Section):
             if overlap:
                 raise ValueError(f"adapt.languages {', '.join(overlap)} are already GtS languages")
         apply_overrides({}, list(self.set))  # the overrides' shape, before any run meets them
-        for name, section, cls, filled in (("probe", self.probe, ProbeConfig, {"base": ".", "data": "."}),
-                                           ("plan", self.plan, PlanConfig, {"probes": "."})):
+        checked = [("probe", self.probe, ProbeConfig, {"base": ".", "data": "."}),
+                   ("plan", self.plan, PlanConfig, {"probes": "."})]
+        if self.slurm is not None:
+            checked.append(("slurm", self.slurm, SlurmJobConfig, {}))
+        for name, section, cls, filled in checked:
             try:
                 cls.model_validate({**section.model_dump(exclude_unset=True), **filled})
             except ValidationError as exc:
@@ -139,7 +149,7 @@ class Recipe(_Section):
 
 # fields that name files, by section: resolved against the recipe's folder
 _PATHS = {"": ("run_dir", "corpus", "data", "config"), "base": ("hf",), "prepare": ("tokenizer",),
-          "plan": ("groups_map",)}
+          "plan": ("groups_map",), "slurm": ("log_dir",)}
 
 
 def _resolve_paths(raw: dict, folder: Path) -> dict:

@@ -2,7 +2,8 @@
 
 - :mod:`.stages`: a recipe -> its stages, each the `gts` commands a user would type;
 - :mod:`.runner`: runs them in order with a record per stage (skip what is done, resume what
-  was interrupted, rerun what changed) and reports where a run stands.
+  was interrupted, rerun what changed) and reports where a run stands;
+- :mod:`.slurm`: the same stages as a chain of Slurm jobs (afterok), one per stage.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Callable, Optional
 
 from gts_megatron.config.recipe import Recipe, load_recipe
 from gts_megatron.errors import GtsError
-from gts_megatron.recipe.runner import format_status, run_stages
-from gts_megatron.recipe.stages import recipe_stages, stage_named
+from gts_megatron.recipe.runner import format_status, run_one_stage, run_stages, submit_stages
+from gts_megatron.recipe.stages import Stage, recipe_stages, stage_named
 
 
 def packaged_recipes() -> list[str]:
@@ -45,10 +46,18 @@ def open_recipe(name: str) -> Recipe:
     return load_recipe(path, relative_to=Path.cwd() if packaged else None)
 
 
-def dry_run(recipe: Recipe, start_from: Optional[str] = None) -> str:
-    """The stages and their commands, as `gts run` would run them."""
+def selected_stages(recipe: Recipe, start_from: Optional[str] = None, stop_at: Optional[str] = None) -> list[Stage]:
+    """The recipe's stages up to ``stop_at`` (all by default), ``start_from`` checked to be among them."""
     stages = recipe_stages(recipe)
-    stage_named(stages, start_from)
+    last = stage_named(stages, stop_at, "--to")
+    stages = stages[:stages.index(last) + 1] if last else stages
+    stage_named(stages, start_from, "--from")
+    return stages
+
+
+def dry_run(recipe: Recipe, start_from: Optional[str] = None, stop_at: Optional[str] = None) -> str:
+    """The stages and their commands, as `gts run` would run them."""
+    stages = selected_stages(recipe, start_from, stop_at)
     lines = []
     for number, stage in enumerate(stages, 1):
         lines.append(f"# [{number}/{len(stages)}] {stage.name}: {stage.about} -> {stage.output}")
@@ -56,11 +65,25 @@ def dry_run(recipe: Recipe, start_from: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def run_recipe(recipe: Recipe, start_from: Optional[str] = None, log: Callable[[str], None] = print) -> None:
-    """Run ``recipe``'s stages (see :mod:`.runner`)."""
+def run_recipe(recipe: Recipe, start_from: Optional[str] = None, stop_at: Optional[str] = None,
+               log: Callable[[str], None] = print) -> None:
+    """Run ``recipe``'s stages here, one after another (see :mod:`.runner`)."""
+    run_stages(Path(recipe.run_dir), selected_stages(recipe, start_from, stop_at), start_from, log)
+
+
+def submit_recipe(recipe: Recipe, recipe_ref: str, start_from: Optional[str] = None, stop_at: Optional[str] = None,
+                  log: Callable[[str], None] = print) -> list[str]:
+    """Submit ``recipe``'s stages as a chain of Slurm jobs, each running `gts run <recipe_ref> --stage`."""
+    options = recipe.slurm.model_dump(exclude_unset=True) if recipe.slurm else {}
+    return submit_stages(Path(recipe.run_dir), selected_stages(recipe, start_from, stop_at), start_from,
+                         recipe_ref, options, log)
+
+
+def run_single_stage(recipe: Recipe, name: str) -> None:
+    """Run one stage of ``recipe`` (what each Slurm job of a chain runs)."""
     stages = recipe_stages(recipe)
-    stage_named(stages, start_from)
-    run_stages(Path(recipe.run_dir), stages, start_from, log)
+    stage_named(stages, name, "--stage")
+    run_one_stage(Path(recipe.run_dir), stages, name)
 
 
 def recipe_status(recipe: Recipe) -> str:

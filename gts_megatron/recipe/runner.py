@@ -24,9 +24,12 @@ from typing import Callable, Optional
 
 from gts_megatron.artifacts import atomic_write_text, read_json
 from gts_megatron.errors import GtsError, Interrupted
+from gts_megatron.recipe.slurm import slurm_state, submit_chain
 from gts_megatron.recipe.stages import Stage
 
 RECORDS = "stages"
+_LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                       "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
 
 def _fingerprint(path: Path) -> list:
@@ -49,7 +52,8 @@ def stage_keys(stages: list[Stage]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class StageStatus:
-    """Where one stage stands: done, running, interrupted, failed, changed (inputs) or pending."""
+    """Where one stage stands: done, queued (a Slurm job waits), running, interrupted, failed,
+    cancelled (its job never ran: a stage before it failed), changed (inputs) or pending."""
 
     stage: Stage
     state: str
@@ -101,10 +105,14 @@ def stage_status(run_dir: Path, stage: Stage, key: str) -> StageStatus:
         return StageStatus(stage, "changed", reason="a stage it reads ran again since; it runs again")
     if state == "done" and not stage.output.exists():
         return StageStatus(stage, "changed", reason=f"its output {stage.output} is gone; it runs again")
-    if state == "running" and not record.get("job") and not _alive(record):
+    reason = record.get("reason", "")
+    if state in ("queued", "running") and record.get("job"):
+        state, reason = slurm_state(record["job"], state)
+    elif state == "running" and not _alive(record):
         state = "interrupted"
-    seconds = record.get("seconds") or (time.time() - record["started"] if state == "running" else None)
-    return StageStatus(stage, state, seconds, record.get("reason", ""), record.get("job"))
+    began = record.get("started", record.get("submitted"))
+    seconds = record.get("seconds") or (time.time() - began if state == "running" else None)
+    return StageStatus(stage, state, seconds, reason, record.get("job"))
 
 
 def _set_parent_death_signal() -> None:
@@ -123,11 +131,13 @@ def _last_error(lines: list[str]) -> str:
 def _run_command(command: tuple[str, ...], log_file: Path) -> tuple[int, str]:
     """Run one `gts` command, its output to the terminal and the stage's log; (exit code, last error)."""
     argv = [sys.executable, "-m", "gts_megatron.cli", *command[1:]]
+    # each command starts as if typed at a shell: its own processes, its own rendezvous
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES}
     tail: list[str] = []
     with open(log_file, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                 preexec_fn=_set_parent_death_signal)
+                                 env=env, preexec_fn=_set_parent_death_signal)
         forward = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
         try:
             while True:
@@ -156,7 +166,7 @@ def _run_stage(run_dir: Path, stage: Stage, key: str) -> None:
     """Run ``stage``'s commands under a record that says how it went; raise if it did not finish."""
     started = time.time()
     record = {"state": "running", "key": key, "upstream": _upstream(run_dir, stage), "started": started,
-              "pid": os.getpid(), "host": socket.gethostname()}
+              "pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID")}
     _write_record(run_dir, stage, record)
     for command in stage.commands:
         code, reason = _run_command(command, run_dir / RECORDS / f"{stage.name}.log")
@@ -172,6 +182,21 @@ def _run_stage(run_dir: Path, stage: Stage, key: str) -> None:
     _write_record(run_dir, stage, {**record, "state": "done", "finished": finished, "seconds": finished - started})
 
 
+def prepare_stage(run_dir: Path, stage: Stage, status: StageStatus, forced: bool) -> Optional[str]:
+    """Ready ``stage`` to run: None when it is done and need not run again, else how it runs
+    ("" or " (resumes)"), its old output moved aside when it must start afresh."""
+    if status.state == "done" and not forced:
+        return None
+    if status.state in ("running", "queued"):
+        where = f"job {status.job}" if status.job else f"pid {_read_record(run_dir, stage.name)['pid']}"
+        raise GtsError(f"stage {stage.name} is {status.state} ({where}); wait for it or stop it before running "
+                       f"the recipe again")
+    if forced or status.state == "changed" or (status.state != "pending" and not stage.resumable):
+        _move_aside(stage)
+        return ""
+    return " (resumes)" if status.state != "pending" and stage.resumable else ""
+
+
 def run_stages(run_dir: Path, stages: list[Stage], start_from: Optional[str] = None,
                log: Callable[[str], None] = print) -> None:
     """Run every stage not done with its current inputs (and every one from ``start_from`` on)."""
@@ -180,21 +205,57 @@ def run_stages(run_dir: Path, stages: list[Stage], start_from: Optional[str] = N
     forced = False
     for number, stage in enumerate(stages, 1):
         forced = forced or stage.name == start_from
-        status = stage_status(run_dir, stage, keys[stage.name])
         head = f"[{number}/{len(stages)}] {stage.name}: {stage.about}"
-        if status.state == "done" and not forced:
+        how = prepare_stage(run_dir, stage, stage_status(run_dir, stage, keys[stage.name]), forced)
+        if how is None:
             log(f"{head} - done before, skipped")
             continue
-        if status.state == "running":
-            raise GtsError(f"stage {stage.name} is running (pid {_read_record(run_dir, stage.name)['pid']}); wait for "
-                           f"it or stop it before running the recipe again")
-        if forced or status.state == "changed" or (status.state != "pending" and not stage.resumable):
-            _move_aside(stage)
-        again = " (resumes)" if status.state in ("interrupted", "failed") and stage.resumable and not forced else ""
-        log(f"{head}{again}")
+        log(head + how)
         started = time.time()
         _run_stage(run_dir, stage, keys[stage.name])
         log(f"[{number}/{len(stages)}] {stage.name} done in {time.time() - started:.0f} s -> {stage.output}")
+
+
+def submit_stages(run_dir: Path, stages: list[Stage], start_from: Optional[str], recipe_ref: str, options: dict,
+                  log: Callable[[str], None] = print) -> list[str]:
+    """Submit every stage that `gts run` would run as a chain of Slurm jobs (see
+    :mod:`.slurm`); a stage that reads a submitted one is submitted too. Returns the job ids."""
+    keys = stage_keys(stages)
+    (run_dir / RECORDS).mkdir(parents=True, exist_ok=True)
+    forced, todo = False, []
+    for number, stage in enumerate(stages, 1):
+        forced = forced or stage.name == start_from
+        head = f"[{number}/{len(stages)}] {stage.name}: {stage.about}"
+        status = stage_status(run_dir, stage, keys[stage.name])
+        # done, but it reads a stage that runs again: it must run again after it
+        stale = status.state == "done" and any(name in {t[0] for t in todo} for name in stage.after)
+        how = prepare_stage(run_dir, stage, status, forced or stale)
+        if how is None:
+            log(f"{head} - done before, skipped")
+        else:
+            todo.append((stage.name, head + how))
+    by_name = {stage.name: stage for stage in stages}
+
+    def record(name: str, job: str) -> None:
+        _write_record(run_dir, by_name[name], {"state": "queued", "key": keys[name], "job": job,
+                                               "submitted": time.time()})
+
+    options = {"log_dir": str(run_dir / "slurm-logs"), **options}
+    return submit_chain(recipe_ref, run_dir, todo, options, record, log)
+
+
+def run_one_stage(run_dir: Path, stages: list[Stage], name: str) -> None:
+    """Run the stage ``name`` alone (what each Slurm job of a recipe runs): the stages it reads must
+    be done; it is skipped if it is done itself."""
+    keys, statuses = stage_keys(stages), {s.stage.name: s for s in run_status(run_dir, stages)}
+    stage = statuses[name].stage
+    waiting = [f"{n} ({statuses[n].state})" for n in stage.after if n in statuses and statuses[n].state != "done"]
+    if waiting:
+        raise GtsError(f"stage {name} reads stages that are not done: {', '.join(waiting)}")
+    if statuses[name].state == "done":
+        print(f"stage {name} is done with these inputs; nothing to run")
+        return
+    _run_stage(run_dir, stage, keys[name])
 
 
 def run_status(run_dir: Path, stages: list[Stage]) -> list[StageStatus]:
@@ -216,6 +277,7 @@ def format_status(run_dir: Path, stages: list[Stage]) -> str:
         took = f"{status.seconds:.0f} s" if status.seconds is not None else ""
         detail = {"done": str(stage.output), "failed": status.reason, "changed": status.reason,
                   "interrupted": "run `gts run` again to resume" if stage.resumable else "runs again",
-                  "running": f"job {status.job}" if status.job else str(stage.output)}.get(status.state, "")
+                  "running": f"job {status.job}" if status.job else str(stage.output),
+                  "queued": f"job {status.job}", "cancelled": status.reason}.get(status.state, "")
         lines.append(f"{stage.name:<10} {status.state:<12} {took:>7}  {detail}")
     return "\n".join(lines)

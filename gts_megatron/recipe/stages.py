@@ -4,7 +4,7 @@ the Slurm launcher submits them as they are."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -234,14 +234,19 @@ def _closing_stages(at: _Layout) -> list[Stage]:
 def recipe_stages(recipe: Recipe) -> list[Stage]:
     """Every stage of ``recipe``, in the order they run."""
     at = _Layout(recipe)
-    return _base_stages(at) + _method_stages(at) + _training_stages(at) + _closing_stages(at)
+    stages = _base_stages(at) + _method_stages(at) + _training_stages(at) + _closing_stages(at)
+    if recipe.data:  # data prepared elsewhere: its files are an input of every stage that reads them
+        stages = [replace(s, reads=s.reads + (at.data,)) if any(str(at.data) in arg for c in s.commands for arg in c) else s
+                  for s in stages]
+    return stages
 
 
-def stage_named(stages: list[Stage], name: Optional[str]) -> Optional[Stage]:
-    """The stage called ``name`` (None for None), or a one-line error listing the valid names."""
+def stage_named(stages: list[Stage], name: Optional[str], flag: str = "--from") -> Optional[Stage]:
+    """The stage called ``name`` (None for None), or a one-line error naming ``flag`` and the valid names."""
     if name is None:
         return None
     for stage in stages:
         if stage.name == name:
             return stage
-    raise GtsError(f"--from {name}: no such stage in this recipe; its stages: {', '.join(s.name for s in stages)}")
+    raise GtsError(f"{flag} {name}: no such stage in this recipe (or not before --to); its stages: "
+                   f"{', '.join(s.name for s in stages)}")

@@ -5,18 +5,15 @@ Ray cluster on Slurm running a probe fleet."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import TINY, assert_one_line_error, gts_cmd, gts_env, indexed_args, read_metrics, run_gts
-from tests.local_slurm import LocalSlurm, unavailable
+from tests.local_slurm import LocalSlurm
 
 def _probe_results(store: Path) -> dict[str, list[float]]:
     return {p.stem: json.loads(p.read_text())["delta_norm_ffn"] for p in sorted(store.glob("*.json"))}
@@ -93,23 +90,6 @@ def test_without_slurm_commands_the_error_says_what_is_missing(tmp_path):
 
 
 # ---------------------------------------------------------------- a real Slurm cluster
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    """A single-node Slurm cluster for this module; skipped (or, with GTS_REQUIRE_SLURM=1, failed)
-    on machines that cannot run one."""
-    reason = unavailable()
-    if reason:
-        if os.environ.get("GTS_REQUIRE_SLURM") == "1":
-            pytest.fail(f"GTS_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
-    # munged wants every folder above its socket world-executable; pytest's temp folders are 0700
-    base = Path(tempfile.mkdtemp(prefix="gts-slurm-", dir="/tmp"))
-    cluster = LocalSlurm(base).start()
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(base, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def probe_setup(tmp_path_factory) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, gts_cmd, gts_env, kill_tree, run_gts
+from tests.conftest import TINY, assert_one_line_error, gts_cmd, gts_env, kill_tree, run_gts
 
 WORDS = {"en": "the cat sat on a mat and the dog ran to the park".split(),
          "de": "der Hund lief in den Park und die Katze sass auf der Matte".split(),
@@ -158,3 +158,48 @@ def test_a_bad_recipe_stops_with_one_line_and_writes_nothing(tmp_path, case):
     for args in (["run", str(recipe)], ["run", str(recipe), "--dry-run"], ["run", "status", str(recipe)]):
         assert_one_line_error(run_gts(*args, check=False), *fragments)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+SLURM_RECIPE = """\
+run_dir: run
+data: data
+config: {tiny}
+base: {{pretrain_steps: 2}}
+probe: {{steps: 2, seq_length: 32, sketch_size: 64, tokens_per_step: 256, executor: process}}
+plan: {{k: 2, plots: false}}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_on_slurm_a_failed_stage_stops_the_afterok_chain_and_a_rerun_resumes_it(slurm, tmp_path):
+    run_gts("data", "synthetic", "--out", str(tmp_path / "data"), "--languages", "4", "--families", "2",
+            "--vocab-size", "256", "--documents", "40", "--document-tokens", "128")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(SLURM_RECIPE.format(tiny=TINY))
+    env = {"SLURM_CONF": str(slurm.conf)}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "probes").write_text("a file where the probe stage writes a folder\n")
+
+    def submit() -> list[str]:
+        out = run_gts("run", str(recipe), "--launcher", "slurm", "--to", "plan", env=env).stdout
+        return [line.split(" -> job ")[1].split()[0] for line in out.splitlines() if " -> job " in line]
+
+    def states() -> dict[str, str]:
+        out = run_gts("run", "status", str(recipe), env=env).stdout
+        return {line.split()[0]: line.split()[1] for line in out.splitlines()}
+
+    base, probe, plan = submit()  # three jobs, each after the one before
+    assert slurm.wait_done(base, 240) == "COMPLETED"
+    assert slurm.wait_done(probe, 240) == "FAILED"
+    assert slurm.wait_done(plan, 60) == "CANCELLED"  # afterok never satisfied: the chain stops
+    now = states()
+    assert (now["base"], now["probe"], now["plan"]) == ("done", "failed", "cancelled")
+    assert "probes" in run_gts("run", "status", str(recipe), env=env).stdout.splitlines()[1]  # the reason
+    (tmp_path / "run" / "probes").unlink()  # the cause is fixed: run the recipe again
+    jobs = submit()
+    assert len(jobs) == 2  # base is done: the chain starts at the failed stage
+    assert [slurm.wait_done(job, 240) for job in jobs] == ["COMPLETED", "COMPLETED"]
+    now = states()
+    assert (now["base"], now["probe"], now["plan"]) == ("done", "done", "done")
+    assert (tmp_path / "run" / "plan" / "plan.json").is_file()
