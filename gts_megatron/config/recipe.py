@@ -34,8 +34,17 @@ PlanOptions = _options_without(PlanConfig, "PlanOptions", ("probes", "deviations
                                "the probe stage's results and the recipe's languages")
 
 SlurmOptions = _options_without(SlurmJobConfig, "SlurmOptions",
-                                ("nodes", "launcher", "nproc_per_node", "job_name", "ray_port", "ray_object_store_mb",
-                                 "array_parallel"), "one job of one task per stage")
+                                ("nodes", "launcher", "nproc_per_node", "job_name", "array_parallel"),
+                                "one job of one task per stage")
+
+
+class SlurmRecipe(SlurmOptions):
+    """`gts run --launcher slurm`: the resources of every stage's job (as `gts launch`'s flags)."""
+
+    probe_nodes: Optional[int] = Field(
+        None, ge=1, description="the probe stage as a Ray cluster on this many nodes (`gts launch ray`'s "
+                                "template: head on the first, the fleet spread over all); null = one task like "
+                                "every stage (a local Ray inside it)")
 
 
 class BaseRecipe(_Section):
@@ -116,7 +125,7 @@ class Recipe(_Section):
     eval: Optional[EvalRecipe] = Field(default_factory=EvalRecipe, description="evaluation; null = none")
     adapt: Optional[AdaptRecipe] = Field(None, description="new languages as new experts; null = none")
     export_hf: Optional[ExportRecipe] = Field(None, description="a Hugging Face folder of the model; null = none")
-    slurm: Optional[SlurmOptions] = Field(None, description="`gts run --launcher slurm`: the jobs' resources "
+    slurm: Optional[SlurmRecipe] = Field(None, description="`gts run --launcher slurm`: the jobs' resources "
                                                             "(logs default to <run_dir>/slurm-logs)")
 
     @model_validator(mode="after")
@@ -138,9 +147,13 @@ class Recipe(_Section):
                    ("plan", self.plan, PlanConfig, {"probes": "."})]
         if self.slurm is not None:
             checked.append(("slurm", self.slurm, SlurmJobConfig, {}))
+            if self.slurm.probe_nodes and self.probe.executor != "ray":
+                raise ValueError(f"slurm.probe_nodes: a Ray cluster runs the probes; probe.executor is "
+                                 f"{self.probe.executor}, set it to ray")
         for name, section, cls, filled in checked:
             try:
-                cls.model_validate({**section.model_dump(exclude_unset=True), **filled})
+                values = section.model_dump(exclude_unset=True, exclude={"probe_nodes"})
+                cls.model_validate({**values, **filled})
             except ValidationError as exc:
                 error = exc.errors()[0]
                 raise ValueError(f"{name}: {error['msg'].removeprefix('Value error, ')}") from None

@@ -79,11 +79,14 @@ def submit_recipe(recipe: Recipe, recipe_ref: str, start_from: Optional[str] = N
                          recipe_ref, options, log)
 
 
-def run_single_stage(recipe: Recipe, name: str) -> None:
-    """Run one stage of ``recipe`` (what each Slurm job of a chain runs)."""
+def run_single_stage(recipe: Recipe, name: str, address: Optional[str] = None) -> None:
+    """Run one stage of ``recipe`` (what each Slurm job of a chain runs); the probe stage on the
+    Ray cluster at ``address`` when given."""
     stages = recipe_stages(recipe)
     stage_named(stages, name, "--stage")
-    run_one_stage(Path(recipe.run_dir), stages, name)
+    if address is not None and name != "probe":
+        raise GtsError(f"--address: only the probe stage runs on a Ray cluster, not {name}")
+    run_one_stage(Path(recipe.run_dir), stages, name, ("--address", address) if address else ())
 
 
 def recipe_status(recipe: Recipe) -> str:

@@ -162,14 +162,15 @@ def _move_aside(stage: Stage) -> None:
         stage.output.rename(previous)
 
 
-def _run_stage(run_dir: Path, stage: Stage, key: str) -> None:
-    """Run ``stage``'s commands under a record that says how it went; raise if it did not finish."""
+def _run_stage(run_dir: Path, stage: Stage, key: str, extra: tuple[str, ...] = ()) -> None:
+    """Run ``stage``'s commands (each with ``extra`` arguments, which are not part of its inputs:
+    where its Ray cluster is) under a record that says how it went; raise if it did not finish."""
     started = time.time()
     record = {"state": "running", "key": key, "upstream": _upstream(run_dir, stage), "started": started,
               "pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID")}
     _write_record(run_dir, stage, record)
     for command in stage.commands:
-        code, reason = _run_command(command, run_dir / RECORDS / f"{stage.name}.log")
+        code, reason = _run_command(command + extra, run_dir / RECORDS / f"{stage.name}.log")
         if code:
             signum = code - 128 if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) else None
             _write_record(run_dir, stage, {**record, "state": "interrupted" if signum else "failed",
@@ -244,7 +245,7 @@ def submit_stages(run_dir: Path, stages: list[Stage], start_from: Optional[str],
     return submit_chain(recipe_ref, run_dir, todo, options, record, log)
 
 
-def run_one_stage(run_dir: Path, stages: list[Stage], name: str) -> None:
+def run_one_stage(run_dir: Path, stages: list[Stage], name: str, extra: tuple[str, ...] = ()) -> None:
     """Run the stage ``name`` alone (what each Slurm job of a recipe runs): the stages it reads must
     be done; it is skipped if it is done itself."""
     keys, statuses = stage_keys(stages), {s.stage.name: s for s in run_status(run_dir, stages)}
@@ -255,7 +256,7 @@ def run_one_stage(run_dir: Path, stages: list[Stage], name: str) -> None:
     if statuses[name].state == "done":
         print(f"stage {name} is done with these inputs; nothing to run")
         return
-    _run_stage(run_dir, stage, keys[name])
+    _run_stage(run_dir, stage, keys[name], extra)
 
 
 def run_status(run_dir: Path, stages: list[Stage]) -> list[StageStatus]:

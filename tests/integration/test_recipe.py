@@ -165,14 +165,16 @@ run_dir: run
 data: data
 config: {tiny}
 base: {{pretrain_steps: 2}}
-probe: {{steps: 2, seq_length: 32, sketch_size: 64, tokens_per_step: 256, executor: process}}
+probe: {{steps: 2, seq_length: 32, sketch_size: 64, tokens_per_step: 256}}
 plan: {{k: 2, plots: false}}
+slurm: {{probe_nodes: 1, cpus_per_task: 2, ray_object_store_mb: 200}}
 """
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_on_slurm_a_failed_stage_stops_the_afterok_chain_and_a_rerun_resumes_it(slurm, tmp_path):
+    """base -> probe (on a Ray cluster the job starts) -> plan, as three chained jobs."""
     run_gts("data", "synthetic", "--out", str(tmp_path / "data"), "--languages", "4", "--families", "2",
             "--vocab-size", "256", "--documents", "40", "--document-tokens", "128")
     recipe = tmp_path / "recipe.yaml"
@@ -203,3 +205,5 @@ def test_on_slurm_a_failed_stage_stops_the_afterok_chain_and_a_rerun_resumes_it(
     now = states()
     assert (now["base"], now["probe"], now["plan"]) == ("done", "done", "done")
     assert (tmp_path / "run" / "plan" / "plan.json").is_file()
+    probe_log = (tmp_path / "run" / "slurm-logs" / f"gts-probe-{jobs[0]}.out").read_text()
+    assert "Ray cluster at 127.0.0.1:" in probe_log and "--stage probe --address" in probe_log

@@ -54,6 +54,8 @@ def test_a_pretrained_base_trains_on_the_prepared_data_first(tmp_path):
     ("adapt: {languages: [en]}\n", "adapt.languages en are already GtS languages"),
     ("config: corpus\n", "an imported base brings its own model"),
     ("train: {steps: 4, learned_steps: 4}\n", "twice"),
+    ("probe: {executor: process}\nslurm: {probe_nodes: 2}\n", "a Ray cluster runs the probes"),
+    ("slurm: {partition: 'a b'}\n", "slurm: partition"),
 ])
 def test_inconsistent_recipes_are_refused_in_one_line(tmp_path, extra, fragment):
     with pytest.raises(GtsError, match=fragment):

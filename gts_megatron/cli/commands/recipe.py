@@ -14,6 +14,7 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
                    help="local: the stages one after another here; slurm: a job per stage, chained with afterok "
                         "(resources from the recipe's slurm section)")
     p.add_argument("--stage", metavar="STAGE", help="run this one stage (what each Slurm job of a chain runs)")
+    p.add_argument("--address", help="with --stage probe: the Ray cluster to probe on (the Ray job passes it)")
     p.add_argument("--dry-run", action="store_true", help="print the stages and their commands, run nothing")
     p.add_argument("--show", action="store_true",
                    help="print the recipe's YAML (a packaged one, to copy and fill in: gts run hf-model --show)")
@@ -37,8 +38,10 @@ def run(args: argparse.Namespace, _options) -> int:
         print(recipe_text(args.recipe), end="")
         return 0
     recipe = open_recipe(args.recipe)
+    if args.address and not args.stage:
+        raise GtsError("--address goes with --stage probe (a Ray job's probe stage)")
     if args.stage:
-        run_single_stage(recipe, args.stage)
+        run_single_stage(recipe, args.stage, args.address)
         return 0
     if args.dry_run:
         print(dry_run(recipe, args.start_from, args.stop_at))
