@@ -116,7 +116,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
     is_main = dist.get_rank() == 0
     if is_main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
+        for debris in ckpt_root.glob(".tmp-iter_*"):  # saves that were killed (saves never overlap)
+            shutil.rmtree(debris, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
     state = _sharded_state(model, optimizer, scheduler, train_state, with_rng=True, is_loading=False)

@@ -1,12 +1,16 @@
-"""kill -9 while a command writes its output folder: the rerun removes the dead writer's temporary
-folder and ends with the output a clean run writes, byte for byte."""
+"""kill -9 while a command writes its output folder or a checkpoint: the rerun removes the dead
+writer's temporary folder and ends with the output a clean run writes, byte for byte."""
 from __future__ import annotations
 
+import io
 import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import gts_cmd, gts_env, kill_tree, run_gts, write_corpus
+import pytest
+import torch
+
+from tests.conftest import TINY, gts_cmd, gts_env, kill_tree, run_gts, write_corpus
 from tests.integration.test_hf import make_hf_model
 
 
@@ -53,3 +57,67 @@ def test_kill_9_during_import_hf_then_rerun_leaves_no_temporary_and_equals_a_cle
     # checksum meta.json records of it) differs between any two saves; every other byte is equal
     assert [name for name in clean if clean[name] != rerun[name]] == ["iter_0000000/.metadata",
                                                                       "iter_0000000/meta.json"]
+
+
+def _kill_when(args: list[str], appeared, delay: float, timeout: float = 120) -> None:
+    """Start `gts <args>` and kill -9 it (and its children) ``delay`` s after ``appeared()`` holds."""
+    proc = subprocess.Popen(gts_cmd(*args), env=gts_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not appeared():
+            assert proc.poll() is None, "the command finished before it could be killed"
+            assert time.time() < deadline, "the moment to kill never came"
+            time.sleep(0.02)
+        time.sleep(delay)
+    finally:
+        kill_tree(proc)
+        proc.wait()
+
+
+def _equal(x, y) -> bool:
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_equal(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(_equal(u, v) for u, v in zip(x, y))
+    if isinstance(x, torch.Tensor):
+        return isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y)
+    return x == y
+
+
+def _same_checkpoint(a: Path, b: Path) -> None:
+    """The same tensors bit for bit: every shard byte for byte, common.pt (a pickle, whose bytes
+    depend on how its objects were built) equal once loaded. DCP's .metadata holds a random save
+    id, and meta.json its checksum."""
+    clean, rerun = _tree(a), _tree(b)
+    assert sorted(clean) == sorted(rerun)
+    differ = {name for name in clean if clean[name] != rerun[name]}
+    for name in [n for n in differ if n.endswith("common.pt")]:
+        loaded = [torch.load(io.BytesIO(tree[name]), weights_only=True) for tree in (clean, rerun)]
+        assert _equal(*loaded), name
+    assert {name.rpartition("/")[2] for name in differ} <= {".metadata", "meta.json", "common.pt"}
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4], ids=["as-the-save-starts", "mid-save"])
+def test_kill_9_during_expand_then_rerun_leaves_no_temporary_and_equals_a_clean_run(tmp_path, gts_setup, delay):
+    base, plan = gts_setup["root"] / "base" / "checkpoints", gts_setup["plan"]
+    args = ["expand", "--dense", str(base), "--plan", str(plan), "--out"]
+    run_gts(*args, str(tmp_path / "clean"))
+    out = tmp_path / "killed"
+    _kill_when([*args, str(out)], lambda: (out / ".tmp-iter_0000000").exists(), delay)
+    run_gts(*args, str(out))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    _same_checkpoint(tmp_path / "clean", out)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3], ids=["as-a-save-starts", "mid-save"])
+def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary_and_equals_a_clean_run(tmp_path, delay):
+    args = ["pretrain", "--config", TINY, "--set", "train.steps=6", "--set", "train.save_interval=2",
+            "--set", "train.keep_checkpoints=1", "--run-dir"]
+    run_gts(*args, str(tmp_path / "clean"))
+    run = tmp_path / "killed"
+    ckpts = run / "checkpoints"
+    # the kill lands in the save of step 4: one complete checkpoint (step 2) to resume from
+    _kill_when([*args, str(run)], lambda: (ckpts / ".tmp-iter_0000004").exists(), delay)
+    run_gts(*args, str(run))
+    assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]
+    _same_checkpoint(tmp_path / "clean" / "checkpoints", ckpts)
