@@ -117,12 +117,19 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _describe(error: dict, source: str) -> str:
+def _section_of(annotation) -> Any:
+    """The config class a field holds (through Optional), or None for a plain value."""
+    return next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")), None)
+
+
+def describe_error(error: dict, source: str, root: type = RunConfig) -> str:
+    """One line for a pydantic error in a config of class ``root`` read from ``source``: an
+    unknown field lists the valid ones of its section."""
     loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
-        section: Any = RunConfig
+        section: Any = root
         for part in error["loc"][:-1]:
-            section = section.model_fields[part].annotation if part in section.model_fields else None
+            section = _section_of(section.model_fields[part].annotation) if part in section.model_fields else None
             if section is None:
                 break
         valid = ", ".join(section.model_fields) if section is not None else ""
@@ -142,7 +149,7 @@ def build_config(raw: Any, source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise GtsError(_describe(exc.errors()[0], source)) from None
+        raise GtsError(describe_error(exc.errors()[0], source)) from None
 
 
 def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> RunConfig:
@@ -167,16 +174,23 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def describe_fields() -> str:
-    """Every field of every section with its type, default and meaning (``gts config show``)."""
+def _field_line(name: str, field, indent: str = "") -> str:
+    default = field.get_default(call_default_factory=True) if not field.is_required() else "(required)"
+    return f"{indent}{name}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}  # {field.description}"
+
+
+def describe_fields(root: type = RunConfig) -> str:
+    """Every field of a config class (``gts config show``: the run config's) with its default and
+    meaning, section by section."""
     lines = []
-    for name, field in RunConfig.model_fields.items():
-        section = field.annotation
-        lines.append(f"{name}:  # {section.__doc__.strip().splitlines()[0]}")
-        for fname, f in section.model_fields.items():
-            default = f.get_default(call_default_factory=True)
-            lines.append(f"  {fname}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}"
-                         f"  # {f.description}")
+    for name, field in root.model_fields.items():
+        section = _section_of(field.annotation)
+        if section is None:
+            lines.append(_field_line(name, field))
+            continue
+        about = section.__doc__.strip().splitlines()[0]
+        lines.append(f"{name}:  # " + (f"{field.description}: {about}" if field.description else about))
+        lines += [_field_line(key, f, "  ") for key, f in section.model_fields.items()]
     return "\n".join(lines)
 
 

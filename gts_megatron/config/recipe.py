@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from gts_megatron.config.commands import EvalWindows, PlanConfig, PrepareConfig, ProbeConfig
 from gts_megatron.config.launch import SlurmJobConfig
-from gts_megatron.config.loading import apply_overrides, parse_yaml, read_utf8
+from gts_megatron.config.loading import apply_overrides, describe_error, describe_fields, parse_yaml, read_utf8
 from gts_megatron.config.run import _Section
 from gts_megatron.errors import GtsError
 
@@ -177,19 +176,6 @@ def _resolve_paths(raw: dict, folder: Path) -> dict:
     return raw
 
 
-def _describe(error: dict, source: str) -> str:
-    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        section = Recipe
-        for part in error["loc"][:-1]:
-            annotation = section.model_fields[part].annotation
-            section = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")))
-        return f"{source}: unknown field {loc}; valid fields: {', '.join(section.model_fields)}"
-    msg = error["msg"].removeprefix("Value error, ")
-    got = "" if error["type"] == "value_error" else f" (got {error.get('input')!r})"
-    return f"{source}: {loc}: {msg}{got}"
-
-
 def load_recipe(path: Path, relative_to: Optional[Path] = None) -> Recipe:
     """A recipe from YAML, with its paths made absolute (against ``relative_to``, by default the
     recipe's folder), checked: every input it names exists."""
@@ -202,7 +188,7 @@ def load_recipe(path: Path, relative_to: Optional[Path] = None) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise GtsError(_describe(exc.errors()[0], str(path))) from None
+        raise GtsError(describe_error(exc.errors()[0], str(path), Recipe)) from None
     for field, value in (("corpus", recipe.corpus), ("data", recipe.data), ("base.hf", recipe.base.hf),
                          ("config", recipe.config), ("prepare.tokenizer", recipe.prepare.tokenizer),
                          ("plan.groups_map", recipe.plan.groups_map)):
@@ -213,18 +199,4 @@ def load_recipe(path: Path, relative_to: Optional[Path] = None) -> Recipe:
 
 def describe_recipe() -> str:
     """Every recipe field with its default and meaning (``gts config show --recipe``)."""
-    lines = []
-    for name, field in Recipe.model_fields.items():
-        annotation = field.annotation
-        section = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")),
-                       None)
-        if section is None:
-            default = field.get_default(call_default_factory=True) if not field.is_required() else "(required)"
-            lines.append(f"{name}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}  # "
-                         f"{field.description}")
-            continue
-        lines.append(f"{name}:  # {field.description}: {section.__doc__.strip().splitlines()[0]}")
-        for key, f in section.model_fields.items():
-            default = f.get_default(call_default_factory=True) if not f.is_required() else "(required)"
-            lines.append(f"  {key}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}  # {f.description}")
-    return "\n".join(lines)
+    return describe_fields(Recipe)

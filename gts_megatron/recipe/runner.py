@@ -36,8 +36,8 @@ def _fingerprint(path: Path) -> list:
     """What identifies an input outside the run: a file's bytes, a folder's files' sizes and times."""
     if path.is_file():
         return [path.name, hashlib.sha256(path.read_bytes()).hexdigest()]
-    return sorted([str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
-                  for p in path.rglob("*") if p.is_file())
+    stats = ((p, p.stat()) for p in path.rglob("*") if p.is_file())
+    return sorted([str(p.relative_to(path)), st.st_size, st.st_mtime_ns] for p, st in stats)
 
 
 def stage_keys(stages: list[Stage]) -> dict[str, str]:
@@ -242,13 +242,14 @@ def submit_stages(run_dir: Path, stages: list[Stage], start_from: Optional[str],
                                                "submitted": time.time()})
 
     options = {"log_dir": str(run_dir / "slurm-logs"), **options}
-    return submit_chain(recipe_ref, run_dir, todo, options, record, log)
+    return submit_chain(recipe_ref, todo, options, record, log)
 
 
 def run_one_stage(run_dir: Path, stages: list[Stage], name: str, extra: tuple[str, ...] = ()) -> None:
     """Run the stage ``name`` alone (what each Slurm job of a recipe runs): the stages it reads must
     be done; it is skipped if it is done itself."""
-    keys, statuses = stage_keys(stages), {s.stage.name: s for s in run_status(run_dir, stages)}
+    keys = stage_keys(stages)
+    statuses = {s.stage.name: s for s in run_status(run_dir, stages, keys)}
     stage = statuses[name].stage
     waiting = [f"{n} ({statuses[n].state})" for n in stage.after if n in statuses and statuses[n].state != "done"]
     if waiting:
@@ -259,9 +260,10 @@ def run_one_stage(run_dir: Path, stages: list[Stage], name: str, extra: tuple[st
     _run_stage(run_dir, stage, keys[name], extra)
 
 
-def run_status(run_dir: Path, stages: list[Stage]) -> list[StageStatus]:
-    """Every stage's status; a done stage that reads one that is not done will run again too."""
-    keys, found = stage_keys(stages), {}
+def run_status(run_dir: Path, stages: list[Stage], keys: Optional[dict[str, str]] = None) -> list[StageStatus]:
+    """Every stage's status (``keys``: their input hashes, when already computed); a done stage
+    that reads one that is not done will run again too."""
+    keys, found = keys or stage_keys(stages), {}
     for stage in stages:
         status = stage_status(run_dir, stage, keys[stage.name])
         if status.state == "done" and any(found[name].state != "done" for name in stage.after if name in found):

@@ -6,7 +6,6 @@ A failed job cancels the ones after it (``--kill-on-invalid-dep``); `gts run` ag
 new chain from the first stage that is not done, which resumes it."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Optional
 
 from gts_megatron.config import SlurmJobConfig
@@ -45,7 +44,7 @@ def stage_job(name: str, options: dict, after: Optional[str], nodes: int = 1) ->
                                           "sbatch_args": [*options.get("sbatch_args", []), *extra]})
 
 
-def submit_chain(recipe_ref: str, run_dir: Path, todo: list[tuple[str, str]], options: dict,
+def submit_chain(recipe_ref: str, todo: list[tuple[str, str]], options: dict,
                  record: Callable[[str, str], None], log: Callable[[str], None]) -> list[str]:
     """Submit a job per (stage, heading) in ``todo``, each after the one before; ``record(stage,
     job)`` notes each. Returns the job ids."""

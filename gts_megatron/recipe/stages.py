@@ -171,12 +171,12 @@ def _training_stages(at: _Layout) -> list[Stage]:
     from where the base stopped, as `gts experiment` trains its GtS arm."""
     recipe = at.recipe
     total, learned = recipe.train.steps, recipe.train.learned_steps
-    base_cfg = at.training(total)
+    base_cfg, base_samples = at.training(total), at.base_samples()
     stages, init, previous = [], at.run / "moe", "expand"
     for stage, steps in (("group", total - learned), ("learned", learned)):
         if not steps:
             continue
-        cfg = stage_config(base_cfg, "gts", stage, at.plan, init, learned, at.base_samples())
+        cfg = stage_config(base_cfg, "gts", stage, at.plan, init, learned, base_samples)
         changed = {f"train.{k}": getattr(cfg.train, k) for k in ("init_from", "data_offset", "lr", "warmup_steps",
                                                                  "lr_decay_steps")
                    if getattr(cfg.train, k) != getattr(base_cfg.train, k)}
