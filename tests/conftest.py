@@ -40,11 +40,12 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run_gts(*args: str, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `gts <args>` to completion (``env``: extra variables); with ``check`` a non-zero exit
-    fails the test."""
+def run_gts(*args: str, timeout: float = 300, check: bool = True, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `gts <args>` to completion (``env``: extra variables; ``cwd``: the folder it runs in); with
+    ``check`` a non-zero exit fails the test."""
     proc = subprocess.run(gts_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env={**gts_env(), **(env or {})})
+                          env={**gts_env(), **(env or {})}, cwd=cwd)
     if check and proc.returncode != 0:
         pytest.fail(f"gts {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -72,8 +72,12 @@ COMMANDS = (
             ("checkpoint", "lang", "data", "eval_data", "steps", "lr", "router_loss_weight", "micro_batch_size",
              "global_batch_size", "seq_length", "seed", "split", "window", "stride", "eval_batch_size",
              "max_tokens")),
-    Command("demo", "training", "demo", "The main job: the whole method on the embedded corpus, ending in "
-            "<run-dir>/report.md."),
+    Command("demo", "demo", "demo", "The main job: the whole method on the embedded corpus (the packaged demo "
+            "recipe), ending in <run-dir>/report.md."),
+    Command("mechanism", "demo", "mechanism", "The mechanism check: dense, GtS and random groups on planted "
+            "families whose grammars conflict.", "MechanismConfig", ("*",)),
+    Command("report", "demo", "report", "report.md of a recipe's run: data, plan, the comparison over seeds, "
+            "adaptation, mechanism, figures."),
     Command("run", "recipe", "run", "A recipe: the whole method on your corpus and model, stage by stage, "
             "resumable; `gts run status RECIPE` shows where it stands."),
     Command("data demo-corpus", "data", "demo_corpus", "Build the embedded demo corpus (verse-aligned Bible texts "

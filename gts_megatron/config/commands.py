@@ -165,6 +165,27 @@ class SyntheticDataConfig(_Section):
         return self
 
 
+class MechanismConfig(_Section):
+    """`gts mechanism`: dense, GtS and random groups on planted families whose grammars conflict."""
+
+    languages: int = Field(8, ge=2, description="synthetic languages")
+    families: int = Field(4, ge=2, description="planted families (each its own successor table); the plan's k")
+    documents: int = Field(200, ge=20, description="documents per language")
+    base_steps: int = Field(100, ge=1, description="dense base training steps")
+    arm_steps: int = Field(200, ge=2, description="training steps of every arm")
+    learned_steps: int = Field(60, ge=0, description="of arm_steps, the last ones in stage 2 (learned routing)")
+    train_seeds: list[int] = Field([1, 2, 3], min_length=1, description="every arm once per training seed")
+    max_eval_tokens: int = Field(4096, ge=2, description="held-out tokens scored per language")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MechanismConfig":
+        if self.families > self.languages:
+            raise ValueError(f"families {self.families} is more than languages {self.languages}")
+        if self.learned_steps >= self.arm_steps:
+            raise ValueError(f"learned_steps {self.learned_steps} leaves stage 1 no steps of {self.arm_steps}")
+        return self
+
+
 class EvalWindows(_Section):
     """How held-out text is scored: sliding windows over each language's documents, joined."""
 

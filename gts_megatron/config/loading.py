@@ -85,6 +85,12 @@ def model_presets() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def packaged_configs() -> dict[str, str]:
+    """The run configs shipped with the package, by name (``demo``: the demo's), with their paths."""
+    root = resources.files("gts_megatron") / "configs"
+    return {p.name[:-5]: str(p) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
 def _resolve_model(raw: dict, source: str) -> dict:
     """``model: <preset>`` or ``model: {preset: <name>, field: value, ...}`` -> plain fields."""
     model = raw.get("model")

@@ -11,9 +11,10 @@ from typing import Literal, Optional
 
 from pydantic import Field, ValidationError, create_model, model_validator
 
-from gts_megatron.config.commands import EvalWindows, PlanConfig, PrepareConfig, ProbeConfig
+from gts_megatron.config.commands import EvalWindows, MechanismConfig, PlanConfig, PrepareConfig, ProbeConfig
 from gts_megatron.config.launch import SlurmJobConfig
-from gts_megatron.config.loading import apply_overrides, describe_error, describe_fields, parse_yaml, read_utf8
+from gts_megatron.config.loading import (apply_overrides, describe_error, describe_fields, packaged_configs, parse_yaml,
+                                         read_utf8)
 from gts_megatron.config.run import _Section
 from gts_megatron.errors import GtsError
 
@@ -71,6 +72,8 @@ class TrainRecipe(_Section):
                                                     "routing); 0 = stage 1 only")
     nproc_per_node: int = Field(1, ge=1, description="processes per training run (parallel layout: set "
                                                      "parallel.tensor / parallel.expert under `set`)")
+    set: list[str] = Field([], description="overrides of the GtS and baseline runs only, after the recipe's set "
+                                           "(e.g. a continued-training learning rate)")
 
     @model_validator(mode="after")
     def _stage_one_steps(self) -> "TrainRecipe":
@@ -86,6 +89,18 @@ class EvalRecipe(EvalWindows):
     baselines: list[Literal["dense", "random"]] = Field(
         [], description="also train and score, on the same tokens: dense (continued training of the base) and "
                         "random (GtS with random groups of the same sizes)")
+    train_seeds: Optional[list[int]] = Field(
+        None, min_length=1, description="train GtS and the baselines once per seed, in one comparison (`gts "
+                                        "experiment --train-seeds`: mean ± std and verdicts): the stages expand, "
+                                        "group, learned, eval and baselines become one, experiment, and the first "
+                                        "seed's GtS model is the one adapted and exported; null = each trained once")
+
+    @model_validator(mode="after")
+    def _seeds_score_the_plan(self) -> "EvalRecipe":
+        if self.train_seeds is not None and self.languages is not None:
+            raise ValueError("eval.languages: with train_seeds the comparison scores the plan's languages; "
+                             "drop one of them")
+        return self
 
 
 class AdaptRecipe(_Section):
@@ -102,7 +117,15 @@ class ExportRecipe(_Section):
     architecture: Optional[str] = Field(None, description="family to write; null = the imported one")
 
 
-STAGE_SECTIONS = ("prepare", "base", "probe", "plan", "train", "eval", "adapt", "export_hf", "slurm")
+class ReportRecipe(_Section):
+    """report.md of the run (`gts report`): data, plan, the comparison over seeds, adaptation, figures."""
+
+    title: str = Field("GtS report", description="the report's heading")
+    note: str = Field("", description="a paragraph under the heading (e.g. what the run can and cannot show)")
+
+
+STAGE_SECTIONS = ("prepare", "base", "probe", "plan", "train", "eval", "adapt", "export_hf", "mechanism", "report",
+                  "slurm")
 
 
 class Recipe(_Section):
@@ -112,9 +135,12 @@ class Recipe(_Section):
     corpus: Optional[str] = Field(None, description="corpus directory, one file per language (see `gts data "
                                                     "prepare`)")
     data: Optional[str] = Field(None, description="instead of corpus: a data directory already prepared")
+    demo_corpus: bool = Field(False, description="instead of corpus: the embedded demo corpus (verse-aligned "
+                                                 "Bible texts) of the recipe's languages, built in <run_dir>/corpus")
     languages: Optional[list[str]] = Field(None, description="the GtS languages; null = every one in the data")
-    config: Optional[str] = Field(None, description="run config YAML of the training runs (pretrain base only; "
-                                                    "an imported base brings its model)")
+    config: Optional[str] = Field(None, description="run config YAML of the training runs, or a packaged one's "
+                                                    "name (demo, tiny); pretrain base only: an imported base "
+                                                    "brings its model")
     set: list[str] = Field([], description="overrides of every training run, SECTION.FIELD=VALUE as --set")
     prepare: PrepareOptions = Field(default_factory=PrepareOptions, description="tokenizer and datasets")
     base: BaseRecipe = Field(description="the dense base model")
@@ -124,13 +150,21 @@ class Recipe(_Section):
     eval: Optional[EvalRecipe] = Field(default_factory=EvalRecipe, description="evaluation; null = none")
     adapt: Optional[AdaptRecipe] = Field(None, description="new languages as new experts; null = none")
     export_hf: Optional[ExportRecipe] = Field(None, description="a Hugging Face folder of the model; null = none")
+    mechanism: Optional[MechanismConfig] = Field(None, description="the mechanism check on planted families "
+                                                                   "(`gts mechanism`); null = none")
+    report: Optional[ReportRecipe] = Field(None, description="report.md (needs eval.train_seeds); null = none")
     slurm: Optional[SlurmRecipe] = Field(None, description="`gts run --launcher slurm`: the jobs' resources "
                                                             "(logs default to <run_dir>/slurm-logs)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
-        if (self.corpus is None) == (self.data is None):
-            raise ValueError("give exactly one of corpus (a directory to prepare) or data (one already prepared)")
+        if (self.corpus is not None) + (self.data is not None) + self.demo_corpus != 1:
+            raise ValueError("give exactly one of corpus (a directory to prepare), data (one already prepared) or "
+                             "demo_corpus: true")
+        if self.demo_corpus and self.languages is None:
+            raise ValueError("demo_corpus needs languages: the demo corpus languages to build")
+        if self.report is not None and (self.eval is None or self.eval.train_seeds is None):
+            raise ValueError("report: it reports the comparison over seeds; set eval.train_seeds")
         if self.base.hf and self.config:
             raise ValueError("config: an imported base brings its own model; give training settings under set")
         if self.data is not None and "prepare" in self.model_fields_set:
@@ -141,7 +175,7 @@ class Recipe(_Section):
             overlap = sorted(set(self.adapt.languages) & set(self.languages))
             if overlap:
                 raise ValueError(f"adapt.languages {', '.join(overlap)} are already GtS languages")
-        apply_overrides({}, list(self.set))  # the overrides' shape, before any run meets them
+        apply_overrides({}, [*self.set, *self.train.set])  # the overrides' shape, before any run meets them
         checked = [("probe", self.probe, ProbeConfig, {"base": ".", "data": "."}),
                    ("plan", self.plan, PlanConfig, {"probes": "."})]
         if self.slurm is not None:
@@ -166,6 +200,9 @@ _PATHS = {"": ("run_dir", "corpus", "data", "config"), "base": ("hf",), "prepare
 
 def _resolve_paths(raw: dict, folder: Path) -> dict:
     raw.setdefault("run_dir", Recipe.model_fields["run_dir"].default)  # a default is relative too
+    config = raw.get("config")
+    if isinstance(config, str) and config in packaged_configs():
+        raw["config"] = packaged_configs()[config]
     for section, names in _PATHS.items():
         values = raw if not section else raw.get(section)
         if not isinstance(values, dict):
@@ -176,14 +213,16 @@ def _resolve_paths(raw: dict, folder: Path) -> dict:
     return raw
 
 
-def load_recipe(path: Path, relative_to: Optional[Path] = None) -> Recipe:
+def load_recipe(path: Path, relative_to: Optional[Path] = None, run_dir: Optional[Path] = None) -> Recipe:
     """A recipe from YAML, with its paths made absolute (against ``relative_to``, by default the
-    recipe's folder), checked: every input it names exists."""
+    recipe's folder), checked: every input it names exists. ``run_dir`` replaces the recipe's."""
     if not path.is_file():
         raise GtsError(f"recipe {path} does not exist")
     raw = parse_yaml(read_utf8(path), str(path))
     if not isinstance(raw, dict):
         raise GtsError(f"{path}: expected a mapping with sections {', '.join(STAGE_SECTIONS)}")
+    if run_dir is not None:
+        raw["run_dir"] = str(Path(run_dir).resolve())
     raw = _resolve_paths(raw, relative_to or path.resolve().parent)
     try:
         recipe = Recipe.model_validate(raw)

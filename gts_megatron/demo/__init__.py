@@ -1,4 +1,4 @@
-"""`gts demo`: the whole pipeline on the embedded corpus, ending in a report (see ``pipeline``)."""
-from gts_megatron.demo.pipeline import DEFAULT, FULL, QUICK, run_demo
+"""`gts demo`: the packaged demo recipe, its mechanism check and its report."""
+from gts_megatron.demo.pipeline import RECIPES, run_demo
 
-__all__ = ["DEFAULT", "FULL", "QUICK", "run_demo"]
+__all__ = ["RECIPES", "run_demo"]

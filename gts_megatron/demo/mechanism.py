@@ -8,25 +8,11 @@ the probes' similarity pays off where interference is the bottleneck.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from gts_megatron.config import MechanismConfig
 from gts_megatron.errors import Interrupted
-
-
-@dataclass(frozen=True)
-class MechanismRecipe:
-    """The planted-interference run: data, base, probes and arms."""
-
-    languages: int = 8
-    families: int = 4
-    documents: int = 200
-    base_steps: int = 100
-    arm_steps: int = 200
-    learned_steps: int = 60
-    train_seeds: tuple[int, ...] = (1, 2, 3)
-    max_eval_tokens: int = 4096
 
 
 def _train_config(steps: int, data: Path):
@@ -39,7 +25,7 @@ def _train_config(steps: int, data: Path):
                         "the demo's mechanism check")
 
 
-def run_mechanism(out: Path, recipe: MechanismRecipe, log: Callable = print) -> dict:
+def run_mechanism(out: Path, recipe: MechanismConfig, log: Callable = print) -> dict:
     """Run (or resume) the planted-interference comparison in ``out``; returns its summary."""
     from gts_megatron.base.pretrain import pretrain
     from gts_megatron.config import ExperimentConfig, PlanConfig, ProbeConfig, SyntheticDataConfig

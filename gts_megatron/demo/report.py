@@ -1,4 +1,5 @@
-"""The demo's report: ``<run>/report.md`` with its figures, from what the stages left on disk.
+"""A run's report: ``<run>/report.md`` with its figures, from what a recipe's stages left on disk
+(the demo's, or any recipe whose comparison runs over training seeds).
 
 Its "Results" section (between the ``<!-- demo-results -->`` markers) is also what
 ``gts demo --readme README.md`` puts into the README, so the numbers there always come from a run.
@@ -48,6 +49,18 @@ def loss_curves(run_dir: Path, arms_dir: Path, out: Path) -> None:
     save_figure(fig, out)
 
 
+def _adaptations(run_dir: Path) -> list[dict]:
+    """Every new language's adaptation report (``<run>/adapt/<lang>/adapt.json``), by language."""
+    return [json.loads(path.read_text()) for path in sorted((run_dir / "adapt").glob("*/adapt.json"))]
+
+
+def _stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Each finished stage's time, in the order they ran, from the run's stage records."""
+    records = [json.loads(path.read_text()) | {"name": path.stem} for path in (run_dir / "stages").glob("*.json")]
+    done = sorted((r for r in records if r.get("seconds") is not None), key=lambda r: r["started"])
+    return {r["name"]: r["seconds"] for r in done}
+
+
 def _change(new: float, old: float) -> str:
     return f"{100 * (new / old - 1):+.1f}%"
 
@@ -56,9 +69,7 @@ def results_section(run_dir: Path) -> str:
     """The Markdown results: the comparison over training seeds with its verdicts, the
     adaptation, and the mechanism check on planted families."""
     lines = [(run_dir / "experiment" / "summary.md").read_text().strip(), ""]
-    adapt_file = run_dir / "adapt" / "adapt.json"
-    if adapt_file.is_file():
-        a = json.loads(adapt_file.read_text())
+    for a in _adaptations(run_dir):
         old = a["old_mean"]
         lines.append(f"- Adaptation to {a['language']} (expert {a['cloned_expert']} cloned): its perplexity "
                      f"{a['new']['before']:.1f} -> {a['new']['after']:.1f}; the old languages' mean "
@@ -109,11 +120,6 @@ def _plan_section(run_dir: Path) -> str:
             f"![similarity](plan/similarity.png)\n\n![deviations](plan/deviations.png)")
 
 
-def _mode(state: dict) -> str:
-    """quick, default or full (runs from before the modes were named: quick or full)."""
-    return state.get("mode", "quick" if state.get("quick") else "full")
-
-
 def _relative(path: str, run_dir: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(run_dir.resolve()))
@@ -121,8 +127,7 @@ def _relative(path: str, run_dir: Path) -> str:
         return path
 
 
-def _adapt_section(run_dir: Path) -> str:
-    a = json.loads((run_dir / "adapt" / "adapt.json").read_text())
+def _adapt_section(run_dir: Path, a: dict) -> str:
     choice = ", ".join(f"expert of group {g}: {p:.1f}" for g, p in a["expert_choice"]["valid_perplexity"].items())
     rows = ["| language | before | after | change |", "|---|---|---|---|",
             f"| {a['language']} (new) | {a['new']['before']:.2f} | {a['new']['after']:.2f} | "
@@ -137,27 +142,29 @@ def _adapt_section(run_dir: Path) -> str:
             + "\n".join(rows))
 
 
-def write_report(run_dir: Path, recipe, log: Callable = print) -> Path:
-    """Write ``<run>/report.md`` (and ``loss_curves.png``) from the finished stages."""
-    needed = [run_dir / "experiment" / "summary.json", run_dir / "plan" / "plan.json"]
+def write_report(run_dir: Path, title: str = "GtS report", note: str = "", log: Callable = print) -> Path:
+    """Write ``<run>/report.md`` (and ``loss_curves.png``) from the finished stages of a recipe's
+    run whose comparison ran over training seeds."""
+    needed = [run_dir / "experiment" / "summary.json", run_dir / "plan" / "plan.json", run_dir / "data" / "manifest.json"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise GtsError(f"cannot write the report: {', '.join(missing)} missing; run `gts demo` to finish the stages")
-    loss_curves(run_dir, run_dir / "experiment" / f"seed-{recipe.train_seeds[0]}", run_dir / "loss_curves.png")
-    state = json.loads((run_dir / "demo.json").read_text()) if (run_dir / "demo.json").is_file() else {}
-    manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
+        raise GtsError(f"cannot write the report: {', '.join(missing)} missing; run the recipe's stages before it "
+                       f"(a comparison over seeds: eval.train_seeds)")
+    seeds = json.loads(needed[0].read_text())["seeds"]
+    loss_curves(run_dir, run_dir / "experiment" / f"seed-{seeds[0]}", run_dir / "loss_curves.png")
+    adaptations = _adaptations(run_dir)
+    new_languages = {a["language"] for a in adaptations}
+    manifest = json.loads(needed[2].read_text())
     data_rows = ["| language | role | train tokens | valid | test |", "|---|---|---|---|---|"]
     for lang in manifest["languages"]:
         splits = manifest["data"][lang]["splits"]
-        role = "new language (adaptation)" if lang == recipe.new_language else "GtS"
+        role = "new language (adaptation)" if lang in new_languages else "GtS"
         data_rows.append(f"| {lang} | {role} | {splits['train']['tokens']:,} | {splits['valid']['tokens']:,} | "
                          f"{splits['test']['tokens']:,} |")
-    seconds = state.get("seconds", {})
+    seconds = _stage_seconds(run_dir)
     timing = " | ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     sections = [
-        f"# GtS demo report{ {'quick': ' (--quick)', 'full': ' (--full)'}.get(_mode(state), '')}",
-        *(["A pipeline check: --quick trains each stage for a few steps, far too few for its numbers to say "
-           "anything about the method; run the full `gts demo` for those."] if state.get("quick") else []),
+        f"# {title}", *([note] if note else []),
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}; time per stage: {timing}; "
         f"total {sum(seconds.values()) / 60:.1f} min.",
         "## Data\n\n" + "\n".join(data_rows),
@@ -165,8 +172,7 @@ def write_report(run_dir: Path, recipe, log: Callable = print) -> Path:
         "## Results\n\n" + BEGIN + "\n" + results_section(run_dir) + "\n" + END,
         "![perplexity: mean over seeds](experiment/perplexity.png)\n\n![loss curves](loss_curves.png)",
     ]
-    if (run_dir / "adapt" / "adapt.json").is_file():
-        sections.append("## New-language adaptation\n\n" + _adapt_section(run_dir))
+    sections += ["## New-language adaptation\n\n" + _adapt_section(run_dir, a) for a in adaptations]
     path = run_dir / "report.md"
     atomic_write_text(path, "\n\n".join(sections) + "\n")
     log(f"wrote {path}")

@@ -39,11 +39,11 @@ def recipe_text(name: str) -> str:
     return _recipe_file(name)[0].read_text(encoding="utf-8")
 
 
-def open_recipe(name: str) -> Recipe:
+def open_recipe(name: str, run_dir: Optional[Path] = None) -> Recipe:
     """The recipe file ``name``, or the packaged recipe of that name (its paths then relative to the
-    current folder), validated, its paths absolute."""
+    current folder), validated, its paths absolute; ``run_dir`` replaces its run directory."""
     path, packaged = _recipe_file(name)
-    return load_recipe(path, relative_to=Path.cwd() if packaged else None)
+    return load_recipe(path, relative_to=Path.cwd() if packaged else None, run_dir=run_dir)
 
 
 def selected_stages(recipe: Recipe, start_from: Optional[str] = None, stop_at: Optional[str] = None) -> list[Stage]:

@@ -3,6 +3,7 @@ report; and the bad inputs a user meets with its models (another tokenizer, an e
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 
@@ -23,12 +24,13 @@ def quick_demo(tmp_path_factory):
     run_dir = root / "run"
     env = {**gts_env(), "OMP_NUM_THREADS": "2"}  # the only process: both cores
     first = subprocess.Popen(gts_cmd("demo", "--quick", "--run-dir", str(run_dir)), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=interruptible)
+                             stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=interruptible,
+                             start_new_session=True)
     lines = []
     for line in first.stdout:
         lines.append(line)
-        if line.startswith("[demo 6/9]"):
-            first.send_signal(signal.SIGINT)
+        if line.startswith("dense: pretrain for"):  # the experiment's first arm trains: Ctrl-C, as a terminal
+            os.killpg(first.pid, signal.SIGINT)     # sends it, to the demo and the stage it runs
             break
     lines.append(first.stdout.read())
     first.wait(timeout=300)
@@ -43,13 +45,16 @@ def quick_demo(tmp_path_factory):
 def test_an_interrupted_demo_resumes_without_redoing_finished_stages(quick_demo):
     assert quick_demo["first_rc"] == 130, quick_demo["first"][-2000:]
     assert "Traceback" not in quick_demo["first"]
-    # the second run skips what the first finished: the corpus, the data, the base, the probes
+    assert "[6/9] experiment: dense, gts, random" in quick_demo["first"]
+    # the second run skips what the first finished: the corpus, the data, the base, the probes, the
+    # plan; it resumes the experiment and runs the rest
     out = quick_demo["second"]
-    assert out.count("is up to date") == 2, out  # corpus and data
-    assert "5 of 5 languages already probed with these inputs" in out
+    skipped = [n for n in range(1, 10) if f"[{n}/9] " in out and "done before, skipped" in out.split(f"[{n}/9] ")[1].split("\n")[0]]
+    assert skipped == [1, 2, 3, 4, 5], out
+    assert "[6/9] experiment: dense, gts, random at equal tokens, 16 steps each, seeds 1, 2 (resumes)" in out
     assert files_under(quick_demo["run"] / "base" / "checkpoints") == quick_demo["base_checkpoints"]
-    for n in range(1, 10):
-        assert f"[demo {n}/9]" in out
+    for n in range(6, 10):
+        assert f"[{n}/9] " in out and f"[{n}/9] " + out.split(f"[{n}/9] ")[-1].split(" ")[0] + " done in" in out
 
 
 def test_the_report_holds_every_result_and_figure(quick_demo):
@@ -69,12 +74,12 @@ def test_the_report_holds_every_result_and_figure(quick_demo):
     mechanism = json.loads((run / "mechanism" / "experiment" / "summary.json").read_text())
     assert list(mechanism["arms"]) == ["base", "dense", "gts", "random"] and "Mechanism check" in report
     assert json.loads((run / "plan" / "families.json").read_text())["family"]["of"]["ru"] == "Indo-European"
-    adapt = json.loads((run / "adapt" / "adapt.json").read_text())
+    adapt = json.loads((run / "adapt" / "pt" / "adapt.json").read_text())
     assert adapt["language"] == "pt" and adapt["new"]["after"] < adapt["new"]["before"]
     assert abs(adapt["old_mean"]["change_percent"]) <= 1.0
-    state = json.loads((run / "demo.json").read_text())
-    assert set(state["seconds"]) == {"corpus", "data", "base", "probe", "plan", "experiment", "adapt", "mechanism",
-                                     "report"}
+    assert "Machine: " in report and "report" not in report.split("time per stage: ")[1].split(";")[0]
+    for stage in ("corpus", "data", "base", "probe", "plan", "experiment", "adapt", "mechanism"):
+        assert f"{stage} " in report.split("time per stage: ")[1].split(";")[0], stage
     readme = (quick_demo["root"] / "README.md").read_text()
     assert "old numbers" not in readme and "| gts | " in readme and readme.endswith("rest\n")
 
@@ -99,16 +104,21 @@ def test_data_from_another_tokenizer_or_without_held_out_text_is_refused(quick_d
     assert not out.exists()
 
 
-def test_a_second_demo_from_scratch_makes_the_same_plan(quick_demo, tmp_path):
-    """Same seeds, another run directory: the base, the probes and so the plan come out the same."""
-    run_gts("demo", "--quick", "--run-dir", str(tmp_path / "again"), timeout=600, env={"OMP_NUM_THREADS": "2"})
-    first, second = (json.loads((run / "plan" / "plan.json").read_text())
-                     for run in (quick_demo["run"], tmp_path / "again"))
+def test_the_demo_recipe_run_by_name_elsewhere_makes_the_same_plan(quick_demo, tmp_path):
+    """Same seeds, another run directory: `gts run demo-quick --to plan` (the packaged recipe, its
+    run_dir relative to the current folder) gives the same base, probes and so plan as the demo."""
+    run_gts("run", "demo-quick", "--to", "plan", timeout=600, env={"OMP_NUM_THREADS": "2"}, cwd=tmp_path)
+    again = tmp_path / "runs" / "demo-quick"
+    first, second = (json.loads((run / "plan" / "plan.json").read_text()) for run in (quick_demo["run"], again))
     for key in ("language_to_group", "moe_layers", "group_to_expert"):
         assert first[key] == second[key], key
     sketches = [{k: v for k, v in plan["inputs"]["checksums"].items() if k.endswith(".safetensors")}
                 for plan in (first, second)]
     assert sketches[0] == sketches[1] and len(sketches[0]) == 5  # the probes' deltas, byte for byte
+    status = run_gts("run", "status", "demo-quick", cwd=tmp_path).stdout.splitlines()
+    assert [line.split()[:2] for line in status] == [[name, "done"] for name in ("corpus", "data", "base", "probe",
+                                                                                 "plan")] + [
+        [name, "pending"] for name in ("experiment", "adapt", "mechanism", "report")]
 
 
 def test_a_run_directory_of_one_demo_size_refuses_another(quick_demo):

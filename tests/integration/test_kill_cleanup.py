@@ -97,27 +97,43 @@ def _same_checkpoint(a: Path, b: Path) -> None:
     assert {name.rpartition("/")[2] for name in differ} <= {".metadata", "meta.json", "common.pt"}
 
 
+def _expand_args(gts_setup) -> list[str]:
+    return ["expand", "--dense", str(gts_setup["root"] / "base" / "checkpoints"), "--plan", str(gts_setup["plan"]),
+            "--out"]
+
+
+PRETRAIN = ["pretrain", "--config", TINY, "--set", "train.steps=6", "--set", "train.save_interval=2",
+            "--set", "train.keep_checkpoints=1", "--run-dir"]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, gts_setup) -> Path:
+    """What an expand and a pretraining never interrupted write: clean/moe and clean/pretrain."""
+    root = tmp_path_factory.mktemp("clean")
+    run_gts(*_expand_args(gts_setup), str(root / "moe"))
+    run_gts(*PRETRAIN, str(root / "pretrain"))
+    return root
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.4], ids=["as-the-save-starts", "mid-save"])
-def test_kill_9_during_expand_then_rerun_leaves_no_temporary_and_equals_a_clean_run(tmp_path, gts_setup, delay):
-    base, plan = gts_setup["root"] / "base" / "checkpoints", gts_setup["plan"]
-    args = ["expand", "--dense", str(base), "--plan", str(plan), "--out"]
-    run_gts(*args, str(tmp_path / "clean"))
+def test_kill_9_during_expand_then_rerun_leaves_no_temporary_and_equals_a_clean_run(tmp_path, gts_setup, clean,
+                                                                                    delay):
+    args = _expand_args(gts_setup)
     out = tmp_path / "killed"
     _kill_when([*args, str(out)], lambda: (out / ".tmp-iter_0000000").exists(), delay)
     run_gts(*args, str(out))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
-    _same_checkpoint(tmp_path / "clean", out)
+    _same_checkpoint(clean / "moe", out)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3], ids=["as-a-save-starts", "mid-save"])
-def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary_and_equals_a_clean_run(tmp_path, delay):
-    args = ["pretrain", "--config", TINY, "--set", "train.steps=6", "--set", "train.save_interval=2",
-            "--set", "train.keep_checkpoints=1", "--run-dir"]
-    run_gts(*args, str(tmp_path / "clean"))
+def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary_and_equals_a_clean_run(tmp_path, clean,
+                                                                                               delay):
+    args = PRETRAIN
     run = tmp_path / "killed"
     ckpts = run / "checkpoints"
     # the kill lands in the save of step 4: one complete checkpoint (step 2) to resume from
     _kill_when([*args, str(run)], lambda: (ckpts / ".tmp-iter_0000004").exists(), delay)
     run_gts(*args, str(run))
     assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]
-    _same_checkpoint(tmp_path / "clean" / "checkpoints", ckpts)
+    _same_checkpoint(clean / "pretrain" / "checkpoints", ckpts)

@@ -56,6 +56,9 @@ def test_a_pretrained_base_trains_on_the_prepared_data_first(tmp_path):
     ("train: {steps: 4, learned_steps: 4}\n", "twice"),
     ("probe: {executor: process}\nslurm: {probe_nodes: 2}\n", "a Ray cluster runs the probes"),
     ("slurm: {partition: 'a b'}\n", "slurm: partition"),
+    ("eval: {train_seeds: [1, 2], languages: [de]}\n", "the comparison scores the plan's languages"),
+    ("report: {}\n", "report: it reports the comparison over seeds; set eval.train_seeds"),
+    ("demo_corpus: true\n", "exactly one of corpus"),
 ])
 def test_inconsistent_recipes_are_refused_in_one_line(tmp_path, extra, fragment):
     with pytest.raises(GtsError, match=fragment):
@@ -70,6 +73,31 @@ def test_the_packaged_template_is_a_valid_recipe_once_its_placeholders_exist(tmp
     (tmp_path / "my-gts.yaml").write_text(recipe_text("hf-model"))
     names = [s.name for s in recipe_stages(load_recipe(tmp_path / "my-gts.yaml"))]
     assert names == ["import", "data", "probe", "plan", "expand", "group", "learned", "eval", "export"]
+
+
+def test_the_demo_recipes_build_the_corpus_compare_over_seeds_and_report(tmp_path):
+    """The packaged demo recipes: the demo corpus of the GtS and the held-out language, the
+    packaged run config, GtS trained inside the comparison over seeds with its own learning rate,
+    the first seed's GtS model adapted, then the mechanism check and the report."""
+    from gts_megatron.recipe import open_recipe, packaged_recipes
+
+    assert {"demo", "demo-quick", "demo-full", "hf-model"} <= set(packaged_recipes())
+    for name in ("demo", "demo-quick", "demo-full"):
+        stages = recipe_stages(open_recipe(name, run_dir=tmp_path / name))
+        assert [s.name for s in stages] == ["corpus", "data", "base", "probe", "plan", "experiment", "adapt",
+                                            "mechanism", "report"], name
+    by_name = {s.name: s for s in stages}  # demo-full
+    assert by_name["corpus"].commands[0][-2:] == ("--languages", "ar,de,en,es,fa,fr,it,ko,ru,tl,vi,pt")
+    assert by_name["data"].after == ("corpus",) and by_name["data"].reads == ()
+    base, experiment = (" ".join(by_name[n].commands[0]) for n in ("base", "experiment"))
+    assert "configs/demo.yaml" in base and "train.lr=1.0e-3" not in base  # train.set: the arms only
+    assert "--arms dense,gts,random" in experiment and "--train-seeds 1,2,3" in experiment
+    assert "train.lr=1.0e-3" in experiment and "train.steps=150" in experiment
+    adapt = by_name["adapt"].commands[0]
+    assert adapt[3] == str(tmp_path / "demo-full" / "experiment" / "seed-1" / "gts" / "learned" / "checkpoints")
+    assert by_name["adapt"].after == ("experiment", "data")
+    assert by_name["report"].after == ("data", "plan", "experiment", "adapt", "mechanism")
+    assert by_name["report"].commands[0][-2:] == ("--title", "GtS demo report (--full)")
 
 
 def _stage(tmp_path: Path, name: str, *command: str, after=()) -> Stage:

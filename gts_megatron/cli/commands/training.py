@@ -1,4 +1,4 @@
-"""`gts pretrain`, `train`, `experiment`, `adapt` and `demo`: the commands that train."""
+"""`gts pretrain`, `train`, `experiment` and `adapt`: the commands that train."""
 from __future__ import annotations
 
 import argparse
@@ -97,28 +97,4 @@ def adapt(args: argparse.Namespace, options) -> int:
     from gts_megatron.adapt import adapt as run_adapt
 
     run_adapt(options, Path(args.out or Path(args.run_dir) / "adapt" / options.lang))
-    return 0
-
-
-def demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", help="where everything goes (default runs/demo, runs/demo-quick or runs/demo-full)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="6 languages and a few steps per stage: a pipeline check (about 1.5 minutes)")
-    size.add_argument("--full", action="store_true",
-                      help="probes of 4,096 tokens per step, 150 steps per arm, 3 training seeds (about half "
-                           "an hour)")
-    p.add_argument("--readme", help="also write the report's results section into this README")
-
-
-def demo(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.demo import run_demo
-    from gts_megatron.demo.report import update_readme
-
-    mode = "quick" if args.quick else "full" if args.full else "default"
-    run_dir = Path(args.run_dir or {"quick": "runs/demo-quick", "full": "runs/demo-full", "default": "runs/demo"}[mode])
-    report = run_demo(run_dir, mode, log=lambda line: print(line, flush=True))  # prompt in pipes and logs
-    if args.readme:
-        update_readme(Path(args.readme), report)
-        print(f"updated the results section of {args.readme}")
     return 0
