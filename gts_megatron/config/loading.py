@@ -182,7 +182,7 @@ def dump_config(cfg: RunConfig) -> str:
 
 def _field_line(name: str, field, indent: str = "") -> str:
     default = field.get_default(call_default_factory=True) if not field.is_required() else "(required)"
-    return f"{indent}{name}: {yaml.safe_dump(default).strip().removesuffix('...').strip()}  # {field.description}"
+    return f"{indent}{name}: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}  # {field.description}"
 
 
 def describe_fields(root: type = RunConfig) -> str:
