@@ -13,6 +13,15 @@ Arm = Literal["dense", "gts-alltoall", "gts-group", "gts-placement", "authors-ze
 DEEPSPEED_ARMS = ("authors-zero", "deepspeed-moe")
 
 
+def known_preset(value: str) -> str:
+    """``value`` if it names a packaged model preset, else a ValueError listing them."""
+    from gts_megatron.config.loading import model_presets
+
+    if value not in model_presets():
+        raise ValueError(f"unknown preset {value!r}; valid presets: {', '.join(model_presets())}")
+    return value
+
+
 class BenchTrainConfig(_Section):
     """`gts bench train`: N warm-up and M timed training steps of each arm (dense, GtS under each
     dispatcher, the authors' HF + DeepSpeed ZeRO approach, DeepSpeed-MoE), taking turns step by
@@ -47,11 +56,7 @@ class BenchTrainConfig(_Section):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from gts_megatron.config.loading import model_presets
-
-        if value not in model_presets():
-            raise ValueError(f"unknown preset {value!r}; valid presets: {', '.join(model_presets())}")
-        return value
+        return known_preset(value)
 
     @model_validator(mode="after")
     def _meaningful(self) -> "BenchTrainConfig":
@@ -132,3 +137,26 @@ class BenchProbesConfig(_Section):
     cpus_per_probe: int = Field(1, ge=1, description="CPUs reserved per probe")
     work_dir: Optional[str] = Field(None, description="where to put the temporary runs (default: the system "
                                                       "temp dir)")
+
+
+class BenchLayoutConfig(_Section):
+    """`gts bench layout`: a PP x TP x EP x DP layout for a GtS model on a GPU cluster, computed
+    from the model's shape: memory per GPU, the pipeline bubble and the all-to-all volume."""
+
+    preset: str = Field("llama-70b", description="model preset of the dense base (see `gts config presets`)")
+    experts: int = Field(8, ge=1, description="experts per MoE layer (= language groups)")
+    moe_layers: int = Field(16, ge=0, description="MoE layers of the plan (the layers that moved most)")
+    nodes: int = Field(8, ge=1, description="nodes")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs per node (tensor parallelism stays inside one)")
+    gpu_memory_gb: float = Field(80.0, gt=0, description="memory of one GPU, GB (H100 SXM: 80)")
+    seq_length: int = Field(4096, ge=1, description="tokens per sequence")
+    micro_batch_size: int = Field(1, ge=1, description="sequences per micro-batch")
+    global_batch_size: int = Field(1024, ge=1, description="sequences per optimizer step")
+    recompute: Literal["selective", "none", "full"] = Field(
+        "selective", description="activation recomputation: memory of the layers' activations per micro-batch")
+    top: int = Field(8, ge=1, description="layouts to list, best first")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        return known_preset(value)

@@ -60,11 +60,16 @@ class ParallelConfig(_Section):
     """How the model is split over processes; data parallelism takes the rest of the world."""
 
     tensor: int = Field(1, ge=1, description="tensor-parallel size")
+    pipeline: int = Field(1, ge=1, description="pipeline-parallel size: the layers split into this many stages "
+                                               "(megatron-core's 1F1B schedule)")
+    pipeline_layers: Optional[list[int]] = Field(
+        None, description="transformer layers of each pipeline stage, first to last (they sum to "
+                          "model.num_layers); null = an even split")
     expert: int = Field(1, ge=1, description="expert-parallel size (MoE layers)")
     expert_tensor: Optional[int] = Field(
         None, ge=1, description="tensor-parallel size inside each expert; null = parallel.tensor")
     data: Optional[int] = Field(
-        None, ge=1, description="data-parallel size; null = world size / tensor")
+        None, ge=1, description="data-parallel size; null = world size / (tensor x pipeline)")
     sequence_parallel: bool = Field(
         False, description="shard activations along the sequence across tensor-parallel ranks")
     distributed_optimizer: bool = Field(False, description="shard optimizer state over data-parallel ranks")
@@ -82,21 +87,40 @@ class ParallelConfig(_Section):
             # tensor-parallel ranks (which see different tokens) would silently drift apart
             raise ValueError(f"expert_tensor {self.expert_tensor} must equal tensor {self.tensor} "
                              f"when expert is 1")
+        if self.pipeline_layers is not None:
+            if len(self.pipeline_layers) != self.pipeline or min(self.pipeline_layers) < 1:
+                raise ValueError(f"pipeline_layers {self.pipeline_layers} must give each of the {self.pipeline} "
+                                 f"pipeline stages at least one layer")
         return self
+
+    def stage_layers(self, num_layers: int) -> list[int]:
+        """Transformer layers per pipeline stage, or a GtsError if ``num_layers`` cannot be split so."""
+        if self.pipeline_layers is not None:
+            if sum(self.pipeline_layers) != num_layers:
+                raise GtsError(f"parallel.pipeline_layers {self.pipeline_layers} sum to {sum(self.pipeline_layers)}, "
+                               f"not model.num_layers {num_layers}")
+            return list(self.pipeline_layers)
+        if num_layers % self.pipeline:
+            raise GtsError(f"parallel.pipeline {self.pipeline} does not divide model.num_layers {num_layers}; "
+                           f"give parallel.pipeline_layers (layers per stage) for an uneven split")
+        return [num_layers // self.pipeline] * self.pipeline
 
     def data_parallel_size(self, world_size: int) -> int:
         """The data-parallel size for ``world_size`` processes, or a GtsError if it cannot hold."""
-        if world_size % self.tensor:
-            raise GtsError(f"parallel.tensor={self.tensor} does not divide the world size {world_size}")
-        dp = world_size // self.tensor
+        model_parallel = self.tensor * self.pipeline
+        if world_size % model_parallel:
+            raise GtsError(f"parallel.tensor({self.tensor}) x parallel.pipeline({self.pipeline}) = {model_parallel} "
+                           f"does not divide the world size {world_size}")
+        dp = world_size // model_parallel
         if self.data is not None and self.data != dp:
             raise GtsError(
-                f"parallel layout tensor({self.tensor}) x data({self.data}) = {self.tensor * self.data} "
-                f"does not match the world size {world_size}; set parallel.data to {dp} or null")
-        if world_size % (self.expert * self.expert_tensor_size):
+                f"parallel layout tensor({self.tensor}) x pipeline({self.pipeline}) x data({self.data}) = "
+                f"{model_parallel * self.data} does not match the world size {world_size}; set parallel.data "
+                f"to {dp} or null")
+        if (world_size // self.pipeline) % (self.expert * self.expert_tensor_size):
             raise GtsError(
                 f"parallel.expert({self.expert}) x parallel.expert_tensor({self.expert_tensor_size}) "
-                f"does not divide the world size {world_size}")
+                f"does not divide the {world_size // self.pipeline} processes of a pipeline stage")
         return dp
 
 
@@ -250,6 +274,10 @@ class RunConfig(_Section):
         if self.moe.placement and self.parallel.expert_tensor_size != tp:
             raise ValueError(f"moe.placement needs parallel.expert_tensor equal to parallel.tensor {tp}: "
                              f"otherwise EP ranks share tensor-parallel ranks, which read the same samples")
+        try:
+            self.parallel.stage_layers(self.model.num_layers)
+        except GtsError as exc:
+            raise ValueError(str(exc)) from None
         if self.parallel.sequence_parallel and self.train.seq_length % tp:
             raise ValueError(f"sequence_parallel needs train.seq_length {self.train.seq_length} "
                              f"divisible by parallel.tensor {tp}")

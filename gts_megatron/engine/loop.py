@@ -109,9 +109,16 @@ def _mean_over_data_parallel(values: list[torch.Tensor], device: torch.device) -
 
 
 def mean_reports(reports: list[dict], device: torch.device) -> dict[str, float]:
-    """Each reported metric (loss, router accuracy, ...) averaged over micro-batches and DP ranks."""
+    """Each reported metric (loss, router accuracy, ...) averaged over micro-batches and DP ranks;
+    with pipeline parallelism the last stage's (the only one that computes the loss), on every stage."""
     keys = list(reports[0]) if reports else ["loss"]
-    return {key: _mean_over_data_parallel([r[key] for r in reports], device) for key in keys}
+    means = {key: _mean_over_data_parallel([r[key] for r in reports], device) for key in keys}
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return means
+    box = [means]
+    dist.broadcast_object_list(box, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                               group=parallel_state.get_pipeline_model_parallel_group())
+    return box[0]
 
 
 @dataclass
@@ -126,10 +133,11 @@ class TrainResult:
     checkpoint: Optional[Path] = None
 
 
-def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep) -> dict[str, dict]:
-    """Every reported metric (the loss; router loss and accuracy for GtS) on each of the dataset's
-    validation sets (one per language for multilingual data), over at most ``train.eval_samples``
-    held-out sequences each: {set name: {metric: value}}. Collective."""
+def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep,
+             step_metrics: Callable[[], dict[str, float]] = dict) -> dict[str, dict]:
+    """Every reported metric (the loss, and ``step_metrics``: router loss and accuracy for GtS) on
+    each of the dataset's validation sets (one per language for multilingual data), over at most
+    ``train.eval_samples`` held-out sequences each: {set name: {metric: value}}. Collective."""
     results = {}
     model.eval()
     for name, split, samples in dataset.eval_sets(cfg.train.eval_samples):
@@ -145,7 +153,7 @@ def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: For
                 forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
                 model=[model], num_microbatches=per_rank // mbs, seq_length=cfg.train.seq_length,
                 micro_batch_size=mbs, forward_only=True)
-        results[name] = mean_reports(out, runtime.device)
+        results[name] = {**mean_reports(out, runtime.device), **step_metrics()}
     model.train()
     return results
 

@@ -19,7 +19,8 @@ def training_session(cfg: RunConfig, run_dir: Path, banner: str) -> Iterator[Run
         if runtime.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-            print(f"{banner}; world {runtime.env.world_size} = TP {runtime.tensor} x DP {runtime.data}"
+            pipeline = f" x PP {runtime.pipeline}" if runtime.pipeline > 1 else ""
+            print(f"{banner}; world {runtime.env.world_size} = TP {runtime.tensor}{pipeline} x DP {runtime.data}"
                   f"{f' (EP {runtime.expert})' if runtime.expert > 1 else ''}", flush=True)
         yield runtime
     finally:

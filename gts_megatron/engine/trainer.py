@@ -40,6 +40,8 @@ class TrainSpec:
     save: bool = True  # False: nothing under checkpoints/ (probes keep only what they measure)
     order: Optional[SampleOrder] = None  # each rank's training samples; default contiguous_order
     on_step_start: Callable[[int], None] = field(default=lambda step: None)  # steps done so far
+    # metrics of the forward passes since its last call, beside the loss (collective): the routers'
+    step_metrics: Callable[[], dict[str, float]] = field(default=dict)
 
 
 class Trainer:
@@ -104,7 +106,7 @@ class Trainer:
         self.scheduler.step(increment=1)
         self.state["step"] += 1
         self.state["consumed_samples"] += t.global_batch_size
-        reported = mean_reports(out, self.runtime.device)
+        reported = {**mean_reports(out, self.runtime.device), **self.spec.step_metrics()}
         self.loss = reported["loss"]
         elapsed = time.perf_counter() - started
         if self.state["step"] % t.log_interval == 0 or self.state["step"] == t.steps:
@@ -116,7 +118,8 @@ class Trainer:
     def evaluate(self) -> tuple[Optional[float], dict[str, dict]]:
         """Validation on every held-out set, logged: (mean loss, per-set results)."""
         self.spec.on_step_start(self.state["step"])
-        results = evaluate(self.model, self.spec.dataset, self.cfg, self.runtime, self.spec.forward_step)
+        results = evaluate(self.model, self.spec.dataset, self.cfg, self.runtime, self.spec.forward_step,
+                           self.spec.step_metrics)
         return log_validation(self.log, self.state["step"], results), results
 
     # -- checkpoint --------------------------------------------------------------------------

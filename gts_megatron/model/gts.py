@@ -41,7 +41,8 @@ class RoutingContext:
 
     def __init__(self):
         self.group_ids: Optional[torch.Tensor] = None  # [batch, seq] group id of every token
-        self._stats: list[torch.Tensor] = []           # per router call: [ce sum, correct, tokens]
+        self._total: Optional[torch.Tensor] = None     # router calls since the last step_metrics:
+        self._passes = 0                               # [ce sum, correct, tokens]; forward passes
         # stage 2's share of learned routing, 0 (group routing) .. 1 (learned alone); the training
         # loop sets it per step; None outside training (evaluation takes learned routing alone)
         self.handover: Optional[float] = None
@@ -49,7 +50,7 @@ class RoutingContext:
     def begin(self, group_ids: Optional[torch.Tensor]) -> None:
         """Set the group ids of the next forward pass ([batch] per sample or [batch, seq])."""
         self.group_ids = group_ids
-        self._stats = []
+        self._passes += 1
 
     def token_group_ids(self, seq: int, batch: int, sequence_parallel: bool, tp_group) -> torch.Tensor:
         """Group ids of the tokens a router sees, in megatron's [seq, batch] order, flattened."""
@@ -67,27 +68,42 @@ class RoutingContext:
             raise GtsError(f"group ids of shape {tuple(ids.shape)} do not match the tokens ({seq}, {batch})")
         return ids.reshape(-1)
 
-    def record(self, stats: torch.Tensor) -> None:
-        self._stats.append(stats)
-
-    def collect(self, tp_group, sequence_parallel: bool) -> dict[str, torch.Tensor]:
-        """This forward pass's router metrics, averaged over the MoE layers: router loss and
-        accuracy (group routing) or megatron's load-balancing loss (learned routing)."""
-        out = {}
-        if self._stats:
-            total = torch.stack(self._stats).sum(0)
-            if sequence_parallel:  # each TP rank routed its own chunk of the tokens
-                dist.all_reduce(total, group=tp_group)
-            out = {"router_loss": total[0] / total[2], "router_accuracy": total[1] / total[2]}
-        self._stats = []
+    def reset(self) -> None:
+        """Forget the router calls so far (an evaluation's, before training starts)."""
+        self._total, self._passes = None, 0
         tracked = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
-        if tracked is not None:  # megatron's TopKRouter adds its loss per layer and micro-batch
-            values = tracked["values"]
-            if tracked.get("reduce_group") is not None:  # each TP rank holds its share (as megatron's
-                dist.all_reduce(values, group=tracked["reduce_group"])  # own logging reduces it)
-            if bool((values != 0).any()):  # in training only
-                out["load_balancing_loss"] = values.sum() / int((values != 0).sum())
-            values.zero_()
+        if tracked is not None:
+            tracked["values"].zero_()
+
+    def record(self, stats: torch.Tensor) -> None:
+        """Add one router call's [ce sum, correct, tokens]."""
+        self._total = stats if self._total is None else self._total + stats
+
+    def step_metrics(self, device: torch.device, num_layers: int, sequence_parallel: bool, tp_group, dp_group,
+                     pp_group) -> dict[str, float]:
+        """The router metrics of the forward passes since the last call (a training step's
+        micro-batches, or an evaluation's), over every MoE layer and rank: router loss and accuracy
+        (group routing), megatron's load-balancing loss (learned routing). Each pipeline stage
+        holds its own layers' share. Collective over the given groups, on every rank alike."""
+        total = self._total.to(device) if self._total is not None else torch.zeros(3, device=device)
+        tracked = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
+        balance = tracked["values"] if tracked is not None else torch.zeros(num_layers, device=device)
+        if tracked is not None and tracked.get("reduce_group") is not None:  # each TP rank holds its
+            dist.all_reduce(balance, group=tracked["reduce_group"])          # share (megatron's logging too)
+        balance = balance.to(device).float() / max(self._passes, 1)  # per layer and forward pass
+        for group in (dp_group, pp_group, tp_group if sequence_parallel else None):  # SP: each its own chunk
+            if group is not None and dist.get_world_size(group) > 1:
+                dist.all_reduce(total, group=group)
+        for group in (dp_group, pp_group):  # the stages hold disjoint layers; the DP ranks are averaged
+            if group is not None and dist.get_world_size(group) > 1:
+                dist.all_reduce(balance, group=group)
+        self.reset()
+        out = {}
+        if total[2] > 0:
+            out.update(router_loss=float(total[0] / total[2]), router_accuracy=float(total[1] / total[2]))
+        if bool((balance != 0).any()):  # in training only
+            dp = dist.get_world_size(dp_group) if dp_group is not None else 1
+            out["load_balancing_loss"] = float(balance.sum() / int((balance != 0).sum()) / dp)
         return out
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 from megatron.core.transformer.dot_product_attention import DotProductAttention
@@ -55,6 +56,17 @@ class SDPAttention(DotProductAttention):
         return context.permute(2, 0, 1, 3).reshape(sq, batch, self.hidden_size_per_partition)
 
 
+def pipeline_layout(stage_layers: list[int]) -> Optional[list[list[str]]]:
+    """megatron's layout of pipeline stages (embedding on the first, loss on the last) for an
+    uneven split; None (megatron's even split) when every stage holds as many layers."""
+    if len(set(stage_layers)) == 1:
+        return None
+    layout = [["decoder"] * n for n in stage_layers]
+    layout[0].insert(0, "embedding")
+    layout[-1].append("loss")
+    return layout
+
+
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides) -> TransformerConfig:
     """The megatron TransformerConfig of a model config under a parallel layout.
 
@@ -73,6 +85,8 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, **overrides
         # at every TP size, which is what makes TP and single-process runs comparable.
         use_cpu_initialization=True, perform_initialization=True,
         tensor_model_parallel_size=parallel.tensor,
+        pipeline_model_parallel_size=parallel.pipeline,
+        pipeline_model_parallel_layout=pipeline_layout(parallel.stage_layers(model.num_layers)),
         sequence_parallel=parallel.sequence_parallel and parallel.tensor > 1,
         expert_model_parallel_size=parallel.expert, expert_tensor_parallel_size=parallel.expert_tensor_size,
         # fusions that need apex or TransformerEngine stay off; torch has no equivalents here
@@ -101,6 +115,7 @@ def build_model(model: ModelConfig, config: TransformerConfig,
     """
     gpt = GPTModel(
         config=config, transformer_layer_spec=spec or decoder_spec(config, model.attention),
+        pre_process=parallel_state.is_pipeline_first_stage(), post_process=parallel_state.is_pipeline_last_stage(),
         vocab_size=padded_vocab_size(model.vocab_size), max_sequence_length=model.max_seq_length,
         share_embeddings_and_output_weights=model.tie_embeddings, position_embedding_type="rope",
         rotary_base=model.rope_theta, rope_scaling=model.rope_scaling_factor is not None,

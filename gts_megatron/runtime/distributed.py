@@ -101,6 +101,7 @@ class Runtime:
     tensor: int
     data: int
     expert: int
+    pipeline: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -146,10 +147,12 @@ def init_runtime(parallel: ParallelConfig, seed: int) -> Runtime:
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor,
+        pipeline_model_parallel_size=parallel.pipeline,
         expert_model_parallel_size=parallel.expert,
         expert_tensor_parallel_size=parallel.expert_tensor_size)
     seed_everything(seed)
-    return Runtime(env=env, device=device, tensor=parallel.tensor, data=dp, expert=parallel.expert)
+    return Runtime(env=env, device=device, tensor=parallel.tensor, data=dp, expert=parallel.expert,
+                   pipeline=parallel.pipeline)
 
 
 def shutdown_runtime() -> None:

@@ -20,7 +20,6 @@ from gts_megatron.base.pretrain import build_dataset
 from gts_megatron.contracts.checkpoint import CheckpointRecord, TokenizerRecord
 from gts_megatron.config import RunConfig
 from gts_megatron.data.placement import Placement
-from gts_megatron.engine.checkpoint import unwrap
 from gts_megatron.engine.loop import TrainResult, lm_forward_step
 from gts_megatron.engine.trainer import TrainSpec, train
 from gts_megatron.engine.session import training_session
@@ -45,17 +44,18 @@ def check_moe(cfg: RunConfig) -> Plan:
 
 
 def gts_forward_step(batch, model):
-    """The LM step with group ids handed to the routers, and their loss and accuracy reported."""
+    """The LM step with the micro-batch's group ids handed to the routers (on every pipeline
+    stage: each reads its own copy of the batch)."""
     ROUTING.begin(batch.get("group_ids"))
-    output, loss_func = lm_forward_step(batch, model)
-    sequence_parallel = unwrap(model).config.sequence_parallel
+    return lm_forward_step(batch, model)
 
-    def with_router_metrics(output_tensor):
-        loss, report = loss_func(output_tensor)
-        routed = ROUTING.collect(parallel_state.get_tensor_model_parallel_group(), sequence_parallel)
-        return loss, {**report, **{k: v.detach() for k, v in routed.items()}}
 
-    return output, with_router_metrics
+def router_metrics(config, device: torch.device) -> Callable[[], dict[str, float]]:
+    """The GtS stages' step metrics: router loss and accuracy, or the load-balancing loss, of a
+    step's forward passes over every MoE layer and rank (collective)."""
+    return lambda: ROUTING.step_metrics(
+        device, config.num_layers, config.sequence_parallel, parallel_state.get_tensor_model_parallel_group(),
+        parallel_state.get_data_parallel_group(), parallel_state.get_pipeline_model_parallel_group())
 
 
 def build_gts_model(cfg: RunConfig, plan: Plan):
@@ -86,10 +86,11 @@ def train_stage(cfg: RunConfig, run_dir: Path,
                                          parallel_state.get_expert_data_parallel_rank())
         record = CheckpointRecord(stage=cfg.moe.stage, topk=cfg.moe.topk if cfg.moe.stage == "learned" else 1,
                                   plan=plan, tokenizer=TokenizerRecord.of_dataset(dataset))
+        ROUTING.reset()
         try:
             return train(cfg, run_dir, runtime, TrainSpec(
                 model, config, dataset, gts_forward_step, desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan),
-                record=record, order=order,
+                record=record, order=order, step_metrics=router_metrics(config, runtime.device),
                 on_step_start=lambda step: setattr(ROUTING, "handover", handover_share(step, handover_steps))))
         finally:
             ROUTING.handover = None

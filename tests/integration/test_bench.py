@@ -87,7 +87,7 @@ def test_bench_train_refuses_meaningless_runs(tmp_path, flags, fragments):
     ({"arms": ["dense", "zero"]}, "--arms"),
     ({"arms": []}, "arms is empty"),
     ({"peak_tflops": 0}, "peak_tflops 0: a peak must be a positive number"),
-    ({"preset": "huge"}, "--preset: unknown preset 'huge'; valid presets: llama-1b, small, tiny"),
+    ({"preset": "huge"}, "--preset: unknown preset 'huge'; valid presets: llama-1b, llama-70b, small, tiny"),
     ({"nproc_per_node": 2, "tensor": 2, "global_batch_size": 6, "micro_batch_size": 2},
      "global_batch_size 6 must be a multiple of micro_batch_size 2 x DeepSpeed data-parallel size 2"),
 ])

@@ -1,4 +1,5 @@
-"""Checkpoints: kill -9 and resume bit for bit, SIGTERM saves and stops, TP=2 -> TP=1 loading."""
+"""Checkpoints: kill -9 and resume bit for bit (TP=2; GtS stage 1 at PP=2), SIGTERM saves and stops,
+TP=2 -> TP=1 loading."""
 import signal
 import subprocess
 import sys
@@ -25,13 +26,13 @@ def resume_args(case: str, request) -> list[str]:
         return RESUME_ARGS
     if case == "language-mixture":
         return RESUME_ARGS + indexed_args(request.getfixturevalue("families_data"))
-    setup = request.getfixturevalue("gts_setup")  # a GtS stage-1 run: MoE needs SP with TP
-    return RESUME_ARGS + setup["args"][2:] + ["--set", "parallel.sequence_parallel=true",
-                                              "--set", f"train.init_from={setup['moe']}"]
+    setup = request.getfixturevalue("gts_setup")  # a GtS stage-1 run over two pipeline stages, the
+    pipeline = [arg.replace("parallel.tensor=2", "parallel.pipeline=2") for arg in RESUME_ARGS]  # MoE on the 2nd
+    return pipeline + setup["args"][2:] + ["--set", f"train.init_from={setup['moe']}"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["synthetic", "language-mixture", "gts-stage-group"])
+@pytest.mark.parametrize("case", ["synthetic", "language-mixture", "gts-stage-group-pp2"])
 def test_kill_9_then_resume_is_bitwise_identical(tmp_path, case, request):
     full, killed = tmp_path / "full", tmp_path / "killed"
     command = "train" if case.startswith("gts") else "pretrain"

@@ -36,7 +36,7 @@ _ALIAS_BOMB = "".join(f"{name}: &{name} [{', '.join([f'*{prev}' if prev else 'x'
      "hidden_size 65 is not divisible by num_attention_heads 4"),
     ("model:\n  num_attention_heads: 4\n  num_query_groups: 3\n", "not divisible by num_query_groups 3"),
     ("data:\n  kind: webtext\n", "data.kind: Input should be 'synthetic'"),
-    ("model: giant\n", "unknown preset 'giant'; valid presets: llama-1b, small, tiny"),
+    ("model: giant\n", "unknown preset 'giant'; valid presets: llama-1b, llama-70b, small, tiny"),
     ("train: [1, 2\n", "not valid YAML"),
     ("bogus:\n  x: 1\n", "unknown field bogus; valid fields: model, parallel, train, data"),
     ("train:\n  global_batch_size: 6\n  micro_batch_size: 4\n", "not a multiple of micro_batch_size 4"),
@@ -70,11 +70,30 @@ def test_overrides_apply_and_are_validated():
 
 def test_layout_must_match_world_size():
     cfg = load_config(TINY, ["parallel.tensor=2", "parallel.data=2"])
-    with pytest.raises(GtsError, match=r"tensor\(2\) x data\(2\) = 4 does not match the world size 2"):
+    with pytest.raises(GtsError, match=r"tensor\(2\) x pipeline\(1\) x data\(2\) = 4 does not match the world size 2"):
         cfg.parallel.data_parallel_size(2)
     assert cfg.parallel.data_parallel_size(4) == 2
     with pytest.raises(GtsError, match="does not divide the world size 3"):
         load_config(TINY, ["parallel.tensor=2"]).parallel.data_parallel_size(3)
+
+
+def test_pipeline_layouts_the_world_or_the_layers_cannot_hold_are_refused():
+    cfg = load_config(TINY, ["parallel.pipeline=2", "parallel.tensor=2", "parallel.sequence_parallel=true"])
+    assert cfg.parallel.data_parallel_size(8) == 2 and cfg.parallel.stage_layers(2) == [1, 1]
+    with pytest.raises(GtsError, match=r"tensor\(2\) x parallel.pipeline\(2\) = 4 does not divide the world size 6"):
+        cfg.parallel.data_parallel_size(6)
+    with pytest.raises(GtsError, match="parallel.pipeline 3 does not divide model.num_layers 2; give "
+                                       "parallel.pipeline_layers"):
+        load_config(TINY, ["parallel.pipeline=3"])
+    with pytest.raises(GtsError, match=r"pipeline_layers \[1, 2\] sum to 3, not model.num_layers 2"):
+        load_config(TINY, ["parallel.pipeline=2", "parallel.pipeline_layers=[1, 2]"])
+    with pytest.raises(GtsError, match=r"pipeline_layers \[2\] must give each of the 2 pipeline stages"):
+        load_config(TINY, ["parallel.pipeline=2", "parallel.pipeline_layers=[2]"])
+    uneven = load_config(TINY, ["model.num_layers=5", "parallel.pipeline=2", "parallel.pipeline_layers=[3, 2]"])
+    assert uneven.parallel.stage_layers(5) == [3, 2]
+    # experts split within a pipeline stage: 4 processes, 2 stages of 2, so EP 4 cannot hold
+    with pytest.raises(GtsError, match="does not divide the 2 processes of a pipeline stage"):
+        load_config(TINY, ["parallel.pipeline=2", "parallel.expert=4"]).parallel.data_parallel_size(4)
 
 
 def test_tensor_parallel_must_divide_heads():

@@ -1,5 +1,5 @@
 """`gts bench data|train|dispatch|probes|stability|plan`: speed and stability, measured against a
-baseline of the same run."""
+baseline of the same run; `gts bench layout`: a cluster layout, computed."""
 from __future__ import annotations
 
 import argparse
@@ -72,4 +72,11 @@ def plan(args: argparse.Namespace, _options) -> int:
     from gts_megatron.bench.plan import bench_plan, report
 
     print(report(bench_plan(args.languages, args.groups, args.sketch_size, args.figures, _work_dir(args))))
+    return 0
+
+
+def layout(_args: argparse.Namespace, options) -> int:
+    from gts_megatron.bench.layout import bench_layout, report
+
+    print(report(bench_layout(options)))
     return 0
