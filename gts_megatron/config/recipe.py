@@ -33,8 +33,7 @@ ProbeOptions = _options_without(ProbeConfig, "ProbeOptions", ("base", "data", "l
 PlanOptions = _options_without(PlanConfig, "PlanOptions", ("probes", "deviations", "languages"),
                                "the probe stage's results and the recipe's languages")
 
-SlurmOptions = _options_without(SlurmJobConfig, "SlurmOptions",
-                                ("nodes", "launcher", "nproc_per_node", "job_name", "array_parallel"),
+SlurmOptions = _options_without(SlurmJobConfig, "SlurmOptions", ("nodes", "launcher", "nproc_per_node", "job_name"),
                                 "one job of one task per stage")
 
 
@@ -45,6 +44,10 @@ class SlurmRecipe(SlurmOptions):
         None, ge=1, description="the probe stage as a Ray cluster on this many nodes (`gts launch ray`'s "
                                 "template: head on the first, the fleet spread over all); null = one task like "
                                 "every stage (a local Ray inside it)")
+    probe_array: bool = Field(
+        False, description="the probe stage as a Slurm job array, one task per language without Ray (`gts launch "
+                           "probe-array`'s template; array_parallel caps the tasks at once), then a one-task job "
+                           "that checks every language is probed and records the stage")
 
 
 class BaseRecipe(_Section):
@@ -180,12 +183,19 @@ class Recipe(_Section):
                    ("plan", self.plan, PlanConfig, {"probes": "."})]
         if self.slurm is not None:
             checked.append(("slurm", self.slurm, SlurmJobConfig, {}))
+            if self.slurm.probe_array and self.slurm.probe_nodes:
+                raise ValueError("slurm: give one of probe_nodes (a Ray cluster) or probe_array (a job array)")
+            if self.slurm.probe_array and self.languages is None and self.data is None:
+                raise ValueError("slurm.probe_array: an array task per language needs the recipe's languages "
+                                 "(or data already prepared, whose languages it takes)")
+            if self.slurm.array_parallel and not self.slurm.probe_array:
+                raise ValueError("slurm.array_parallel: it caps a probe array's tasks; set probe_array: true")
             if self.slurm.probe_nodes and self.probe.executor != "ray":
                 raise ValueError(f"slurm.probe_nodes: a Ray cluster runs the probes; probe.executor is "
                                  f"{self.probe.executor}, set it to ray")
         for name, section, cls, filled in checked:
             try:
-                values = section.model_dump(exclude_unset=True, exclude={"probe_nodes"})
+                values = section.model_dump(exclude_unset=True, exclude={"probe_nodes", "probe_array"})
                 cls.model_validate({**values, **filled})
             except ValidationError as exc:
                 error = exc.errors()[0]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from gts_megatron.config.recipe import Recipe, load_recipe
+from gts_megatron.data.manifest import load_manifest
 from gts_megatron.errors import GtsError
 from gts_megatron.recipe.runner import format_status, run_one_stage, run_stages, submit_stages
 from gts_megatron.recipe.stages import Stage, recipe_stages, stage_named
@@ -75,6 +76,8 @@ def submit_recipe(recipe: Recipe, recipe_ref: str, start_from: Optional[str] = N
                   log: Callable[[str], None] = print) -> list[str]:
     """Submit ``recipe``'s stages as a chain of Slurm jobs, each running `gts run <recipe_ref> --stage`."""
     options = recipe.slurm.model_dump(exclude_unset=True) if recipe.slurm else {}
+    if options.get("probe_array"):  # one array task per GtS language
+        options["probe_languages"] = recipe.languages or load_manifest(Path(recipe.data)).languages
     return submit_stages(Path(recipe.run_dir), selected_stages(recipe, start_from, stop_at), start_from,
                          recipe_ref, options, log)
 

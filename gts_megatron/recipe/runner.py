@@ -107,7 +107,7 @@ def stage_status(run_dir: Path, stage: Stage, key: str) -> StageStatus:
         return StageStatus(stage, "changed", reason=f"its output {stage.output} is gone; it runs again")
     reason = record.get("reason", "")
     if state in ("queued", "running") and record.get("job"):
-        state, reason = slurm_state(record["job"], state)
+        state, reason = slurm_state(record["job"], state, record.get("array"))
     elif state == "running" and not _alive(record):
         state = "interrupted"
     began = record.get("started", record.get("submitted"))
@@ -229,16 +229,16 @@ def submit_stages(run_dir: Path, stages: list[Stage], start_from: Optional[str],
         head = f"[{number}/{len(stages)}] {stage.name}: {stage.about}"
         status = stage_status(run_dir, stage, keys[stage.name])
         # done, but it reads a stage that runs again: it must run again after it
-        stale = status.state == "done" and any(name in {t[0] for t in todo} for name in stage.after)
+        stale = status.state == "done" and any(name in {t[0].name for t in todo} for name in stage.after)
         how = prepare_stage(run_dir, stage, status, forced or stale)
         if how is None:
             log(f"{head} - done before, skipped")
         else:
-            todo.append((stage.name, head + how))
+            todo.append((stage, head + how))
     by_name = {stage.name: stage for stage in stages}
 
-    def record(name: str, job: str) -> None:
-        _write_record(run_dir, by_name[name], {"state": "queued", "key": keys[name], "job": job,
+    def record(name: str, job: str, array: Optional[str] = None) -> None:
+        _write_record(run_dir, by_name[name], {"state": "queued", "key": keys[name], "job": job, "array": array,
                                                "submitted": time.time()})
 
     options = {"log_dir": str(run_dir / "slurm-logs"), **options}
@@ -281,6 +281,7 @@ def format_status(run_dir: Path, stages: list[Stage]) -> str:
         detail = {"done": str(stage.output), "failed": status.reason, "changed": status.reason,
                   "interrupted": "run `gts run` again to resume" if stage.resumable else "runs again",
                   "running": f"job {status.job}" if status.job else str(stage.output),
-                  "queued": f"job {status.job}", "cancelled": status.reason}.get(status.state, "")
+                  "queued": f"job {status.job}" + (f" ({status.reason})" if status.reason else ""),
+                  "cancelled": status.reason}.get(status.state, "")
         lines.append(f"{stage.name:<10} {status.state:<12} {took:>7}  {detail}")
     return "\n".join(lines)

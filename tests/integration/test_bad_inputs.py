@@ -164,7 +164,8 @@ CASES = {
                                                     "\ndata:\n  kind: synthetic\n", "--world-size", "2"),
                             ["global_batch_size 6"]),
     "config-tensor-layout": (lambda t, f: _config(t, "model: tiny\ndata:\n  kind: synthetic\n", "--world-size", "3",
-                                                  "--set", "parallel.tensor=2"), ["parallel.tensor=2"]),
+                                                  "--set", "parallel.tensor=2"),
+                             ["parallel.tensor(2) x parallel.pipeline(1) = 2 does not divide the world size 3"]),
     "config-set-syntax": (lambda t, f: _config(t, "model: tiny\n", "--set", "steps"), ["section.field=value"]),
     "config-set-unknown": (lambda t, f: _config(t, "model: tiny\n", "--set", "train.stepz=3"), ["train.stepz"]),
     # prepared data -> gts pretrain

@@ -39,7 +39,7 @@ def test_missing_config_file(tmp_path):
 def test_layout_not_matching_world_size(tmp_path):
     assert_refused_before_writing(
         tmp_path, ["--config", TINY, "--nproc-per-node", "2", "--set", "parallel.tensor=2", "--set", "parallel.data=2"],
-        "tensor(2) x data(2) = 4 does not match the world size 2")
+        "tensor(2) x pipeline(1) x data(2) = 4 does not match the world size 2")
 
 
 def test_missing_checkpoint(tmp_path):

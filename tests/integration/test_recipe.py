@@ -174,7 +174,8 @@ slurm: {{probe_nodes: 1, cpus_per_task: 2, ray_object_store_mb: 200}}
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_on_slurm_a_failed_stage_stops_the_afterok_chain_and_a_rerun_resumes_it(slurm, tmp_path):
-    """base -> probe (on a Ray cluster the job starts) -> plan, as three chained jobs."""
+    """base -> probe (on a Ray cluster the job starts) -> plan, as three chained jobs; rerun with
+    the probes as a job array instead (then a job that records the stage), the chain goes on."""
     run_gts("data", "synthetic", "--out", str(tmp_path / "data"), "--languages", "4", "--families", "2",
             "--vocab-size", "256", "--documents", "40", "--document-tokens", "128")
     recipe = tmp_path / "recipe.yaml"
@@ -185,7 +186,8 @@ def test_on_slurm_a_failed_stage_stops_the_afterok_chain_and_a_rerun_resumes_it(
 
     def submit() -> list[str]:
         out = run_gts("run", str(recipe), "--launcher", "slurm", "--to", "plan", env=env).stdout
-        return [line.split(" -> job ")[1].split()[0] for line in out.splitlines() if " -> job " in line]
+        return [line.split(" -> job ")[1].split()[0] for line in out.splitlines() if " -> job " in line] + [
+            line.split("array job ")[1] for line in out.splitlines() if "array job " in line]
 
     def states() -> dict[str, str]:
         out = run_gts("run", "status", str(recipe), env=env).stdout
@@ -198,12 +200,19 @@ def test_on_slurm_a_failed_stage_stops_the_afterok_chain_and_a_rerun_resumes_it(
     now = states()
     assert (now["base"], now["probe"], now["plan"]) == ("done", "failed", "cancelled")
     assert "probes" in run_gts("run", "status", str(recipe), env=env).stdout.splitlines()[1]  # the reason
-    (tmp_path / "run" / "probes").unlink()  # the cause is fixed: run the recipe again
-    jobs = submit()
-    assert len(jobs) == 2  # base is done: the chain starts at the failed stage
-    assert [slurm.wait_done(job, 240) for job in jobs] == ["COMPLETED", "COMPLETED"]
+    probe_log = (tmp_path / "run" / "slurm-logs" / f"gts-probe-{probe}.out").read_text()
+    assert "Ray cluster at 127.0.0.1:" in probe_log and "--stage probe --address" in probe_log
+    (tmp_path / "run" / "probes").unlink()  # the cause is fixed: run the recipe again, the probes
+    recipe.write_text(SLURM_RECIPE.format(tiny=TINY).replace(  # as an array this time
+        "probe_nodes: 1, cpus_per_task: 2, ray_object_store_mb: 200", "probe_array: true, cpus_per_task: 2"))
+    *jobs, array = submit()
+    assert len(jobs) == 2  # base is done: the chain starts at the failed stage (its array job before it)
+    assert f"(its languages probe in array job {array})" in run_gts("run", "status", str(recipe), env=env).stdout
+    assert [slurm.wait_done(job, 300) for job in (array, *jobs)] == ["COMPLETED"] * 3
     now = states()
     assert (now["base"], now["probe"], now["plan"]) == ("done", "done", "done")
     assert (tmp_path / "run" / "plan" / "plan.json").is_file()
-    probe_log = (tmp_path / "run" / "slurm-logs" / f"gts-probe-{jobs[0]}.out").read_text()
-    assert "Ray cluster at 127.0.0.1:" in probe_log and "--stage probe --address" in probe_log
+    logs = tmp_path / "run" / "slurm-logs"
+    tasks = sorted(logs.glob(f"gts-probe-array-{array}_*.out"))
+    assert len(tasks) == 4 and all("exit code 0" in task.read_text() for task in tasks)
+    assert "4 of 4 languages already probed" in (tmp_path / "run" / "stages" / "probe.log").read_text()

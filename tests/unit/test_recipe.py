@@ -56,6 +56,8 @@ def test_a_pretrained_base_trains_on_the_prepared_data_first(tmp_path):
     ("train: {steps: 4, learned_steps: 4}\n", "twice"),
     ("probe: {executor: process}\nslurm: {probe_nodes: 2}\n", "a Ray cluster runs the probes"),
     ("slurm: {partition: 'a b'}\n", "slurm: partition"),
+    ("probe: {executor: ray}\nslurm: {probe_array: true, probe_nodes: 1}\n", "give one of probe_nodes"),
+    ("slurm: {array_parallel: 2}\n", "set probe_array: true"),
     ("eval: {train_seeds: [1, 2], languages: [de]}\n", "the comparison scores the plan's languages"),
     ("report: {}\n", "report: it reports the comparison over seeds; set eval.train_seeds"),
     ("demo_corpus: true\n", "exactly one of corpus"),
