@@ -12,7 +12,8 @@ from gts_megatron.data.synthetic import SyntheticTokens
 from gts_megatron.engine.loop import TrainResult
 from gts_megatron.engine.trainer import TrainSpec, train
 from gts_megatron.engine.session import training_session
-from gts_megatron.model.llama import build_model, count_parameters, transformer_config
+from gts_megatron.model.llama import build_model, transformer_config
+from gts_megatron.model.sizes import count_parameters
 
 
 def check_run_data(cfg: RunConfig) -> None:

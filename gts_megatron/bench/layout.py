@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from itertools import product
 
 from gts_megatron.config import BenchLayoutConfig, ModelConfig, build_config
-from gts_megatron.model.vocab import padded_vocab_size
+from gts_megatron.model.sizes import count_parameters, layer_parameter_sizes
 
 GB = 1e9
 RESERVE = 0.15  # of each GPU's memory: CUDA context, NCCL buffers, fragmentation
@@ -48,14 +48,6 @@ class Layout:
     fits: bool
 
 
-def _sizes(m: ModelConfig) -> dict[str, int]:
-    h, f = m.hidden_size, m.ffn_hidden_size
-    kv = (m.num_query_groups or m.num_attention_heads) * (h // m.num_attention_heads)
-    vocab = padded_vocab_size(m.vocab_size)
-    return {"attention": h * (h + 2 * kv) + h * h + h, "mlp": 3 * h * f + h, "expert": 3 * h * f,
-            "embedding": vocab * h, "output": 0 if m.tie_embeddings else vocab * h, "vocab": vocab}
-
-
 def _activation_bytes(cfg: BenchLayoutConfig, m: ModelConfig, tp: int) -> float:
     """One layer's activations for one micro-batch on one GPU (sequence parallel)."""
     s, b, h, a = cfg.seq_length, cfg.micro_batch_size, m.hidden_size, m.num_attention_heads
@@ -63,12 +55,14 @@ def _activation_bytes(cfg: BenchLayoutConfig, m: ModelConfig, tp: int) -> float:
     return s * b * h * per_token / tp
 
 
-def cost(cfg: BenchLayoutConfig, m: ModelConfig, pp: int, tp: int, ep: int, etp: int) -> Layout:
-    """The memory, bubble and all-to-all volume of one layout (module doc)."""
+def cost(cfg: BenchLayoutConfig, m: ModelConfig, sizes: dict[str, int], pp: int, tp: int, ep: int,
+         etp: int) -> Layout:
+    """The memory, bubble and all-to-all volume of one layout (module doc); ``sizes`` are
+    model/sizes.layer_parameter_sizes(m)."""
     world = cfg.nodes * cfg.gpus_per_node
     dp = world // (tp * pp)
     edp = tp * dp // (ep * etp)  # expert-data-parallel ranks: the experts' optimizer shards
-    sizes, per_stage = _sizes(m), m.num_layers // pp
+    per_stage = m.num_layers // pp
     moe_here = -(-cfg.moe_layers // pp)  # spread evenly, rounded up
     dense = per_stage * sizes["attention"] + (per_stage - moe_here) * sizes["mlp"] + moe_here * (
         m.hidden_size * (cfg.experts + 1))  # an MoE layer keeps its norm and gains a router
@@ -92,7 +86,7 @@ def layouts(cfg: BenchLayoutConfig) -> tuple[ModelConfig, list[Layout]]:
     then the least model parallelism TP x PP, then the least all-to-all), then the rest by memory."""
     m = build_config({"model": cfg.preset}, "gts bench layout").model
     world = cfg.nodes * cfg.gpus_per_node
-    found = []
+    found, sizes = [], layer_parameter_sizes(m)
     divisors = [n for n in range(1, world + 1) if world % n == 0]
     for pp, tp, ep in product(divisors, divisors, divisors):
         heads_ok = m.num_attention_heads % tp == 0 and (m.num_query_groups or m.num_attention_heads) % tp == 0
@@ -104,7 +98,7 @@ def layouts(cfg: BenchLayoutConfig) -> tuple[ModelConfig, list[Layout]]:
             continue
         for etp in sorted({1, tp}):
             if (tp * dp) % (ep * etp) == 0:
-                found.append(cost(cfg, m, pp, tp, ep, etp))
+                found.append(cost(cfg, m, sizes, pp, tp, ep, etp))
     found.sort(key=lambda x: (0, round(x.bubble, 3), x.tp * x.pp, x.alltoall_gb, x.memory_gb) if x.fits
                else (1, x.memory_gb))
     return m, found
@@ -113,8 +107,7 @@ def layouts(cfg: BenchLayoutConfig) -> tuple[ModelConfig, list[Layout]]:
 def bench_layout(cfg: BenchLayoutConfig) -> dict:
     """The model, its GtS parameter count and the best layouts (``cfg.top``)."""
     m, found = layouts(cfg)
-    sizes = _sizes(m)
-    dense = m.num_layers * (sizes["attention"] + sizes["mlp"]) + sizes["embedding"] + sizes["output"] + m.hidden_size
+    sizes, dense = layer_parameter_sizes(m), count_parameters(m)
     gts = dense + cfg.moe_layers * ((cfg.experts - 1) * sizes["expert"] + m.hidden_size * cfg.experts)
     return {"config": cfg.model_dump(), "dense_parameters": dense, "gts_parameters": gts,
             "active_parameters": dense + cfg.moe_layers * m.hidden_size * cfg.experts,

@@ -210,9 +210,9 @@ _PATHS = {"": ("run_dir", "corpus", "data", "config"), "base": ("hf",), "prepare
 
 def _resolve_paths(raw: dict, folder: Path) -> dict:
     raw.setdefault("run_dir", Recipe.model_fields["run_dir"].default)  # a default is relative too
-    config = raw.get("config")
-    if isinstance(config, str) and config in packaged_configs():
-        raw["config"] = packaged_configs()[config]
+    config, packaged = raw.get("config"), packaged_configs()
+    if isinstance(config, str) and config in packaged:
+        raw["config"] = packaged[config]
     for section, names in _PATHS.items():
         values = raw if not section else raw.get(section)
         if not isinstance(values, dict):

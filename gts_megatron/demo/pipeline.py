@@ -15,28 +15,32 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.artifacts import atomic_write_text, read_json
 from gts_megatron.errors import GtsError
 from gts_megatron.recipe import open_recipe, run_recipe
 
-RECIPES = {"quick": "demo-quick", "default": "demo", "full": "demo-full"}
-RUN_DIRS = {"quick": "runs/demo-quick", "default": "runs/demo", "full": "runs/demo-full"}
-FLAGS = {"quick": "--quick", "full": "--full", "default": "the default"}
+# demo size -> (packaged recipe, default run directory, the flag that chooses it)
+SIZES = {"quick": ("demo-quick", "runs/demo-quick", "--quick"),
+         "default": ("demo", "runs/demo", "the default"),
+         "full": ("demo-full", "runs/demo-full", "--full")}
+RECIPES = {mode: recipe for mode, (recipe, _, _) in SIZES.items()}
 STATE_FILE = "demo.json"  # which demo size the run directory holds
 
 
 def run_demo(mode: str = "default", run_dir: Optional[Path] = None, log: Callable = print) -> Path:
     """Run (or resume) the demo of size ``mode`` (quick, default or full) in ``run_dir`` (by
-    default ``RUN_DIRS[mode]``); returns the report's path."""
-    run_dir = Path(run_dir or RUN_DIRS[mode])
+    default the size's own); returns the report's path."""
+    recipe_name, default_dir, _ = SIZES[mode]
+    run_dir = Path(run_dir or default_dir)
     state_path = run_dir / STATE_FILE
-    was = json.loads(state_path.read_text()).get("mode") if state_path.is_file() else mode
+    was = read_json(state_path).get("mode") if state_path.is_file() else mode
     if was != mode:
-        raise GtsError(f"{run_dir} holds a demo run with {FLAGS.get(was, was)}; use another --run-dir "
-                       f"(the defaults are {', '.join(RUN_DIRS.values())})")
-    recipe = open_recipe(RECIPES[mode], run_dir=run_dir)
+        flag = SIZES[was][2] if was in SIZES else was
+        raise GtsError(f"{run_dir} holds a demo run with {flag}; use another --run-dir "
+                       f"(the defaults are {', '.join(d for _, d, _ in SIZES.values())})")
+    recipe = open_recipe(recipe_name, run_dir=run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(state_path, json.dumps({"mode": mode, "recipe": RECIPES[mode]}) + "\n")
+    atomic_write_text(state_path, json.dumps({"mode": mode, "recipe": recipe_name}) + "\n")
     run_recipe(recipe, log=log)
     log(f"demo done; report: {run_dir / 'report.md'}")
     return run_dir / "report.md"

@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 from typing import Callable
 
-from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.artifacts import atomic_write_text, read_json
 from gts_megatron.errors import GtsError
 from gts_megatron.figures import pyplot, save_figure
 
@@ -51,12 +51,12 @@ def loss_curves(run_dir: Path, arms_dir: Path, out: Path) -> None:
 
 def _adaptations(run_dir: Path) -> list[dict]:
     """Every new language's adaptation report (``<run>/adapt/<lang>/adapt.json``), by language."""
-    return [json.loads(path.read_text()) for path in sorted((run_dir / "adapt").glob("*/adapt.json"))]
+    return [read_json(path) for path in sorted((run_dir / "adapt").glob("*/adapt.json"))]
 
 
 def _stage_seconds(run_dir: Path) -> dict[str, float]:
     """Each finished stage's time, in the order they ran, from the run's stage records."""
-    records = [json.loads(path.read_text()) | {"name": path.stem} for path in (run_dir / "stages").glob("*.json")]
+    records = [read_json(path) | {"name": path.stem} for path in (run_dir / "stages").glob("*.json")]
     done = sorted((r for r in records if r.get("seconds") is not None), key=lambda r: r["started"])
     return {r["name"]: r["seconds"] for r in done}
 
@@ -78,7 +78,7 @@ def results_section(run_dir: Path) -> str:
     lines.append("- " + _family_sentence(run_dir / "plan" / "families.json"))
     mechanism = run_dir / "mechanism" / "experiment" / "summary.json"
     if mechanism.is_file():
-        summary = json.loads(mechanism.read_text())
+        summary = read_json(mechanism)
         gts = summary["arms"]["gts"]["mean_perplexity"]
         verdicts = "; ".join(f"{v['word']} {arm} ({summary['arms'][arm]['mean_perplexity']['mean']:.2f} ± "
                              f"{summary['arms'][arm]['mean_perplexity']['std']:.2f})"
@@ -90,7 +90,7 @@ def results_section(run_dir: Path) -> str:
 
 
 def _family_sentence(path: Path) -> str:
-    families = json.loads(path.read_text()) if path.is_file() else {}
+    families = read_json(path) if path.is_file() else {}
     if "family" not in families:
         return "The plan's languages are not in the family table."
     f, g = families["family"], families["genus"]
@@ -101,15 +101,15 @@ def _family_sentence(path: Path) -> str:
 def _planted_ari(mechanism: Path) -> float:
     from gts_megatron.plan.families import adjusted_rand_index
 
-    plan = json.loads((mechanism / "plan" / "plan.json").read_text())
-    families = json.loads((mechanism / "data" / "manifest.json").read_text())["families"]
+    plan = read_json(mechanism / "plan" / "plan.json")
+    families = read_json(mechanism / "data" / "manifest.json")["families"]
     names = sorted(families)
     return adjusted_rand_index([int(families[n].removeprefix("family")) for n in names],
                                [plan["language_to_group"][n] for n in names])
 
 
 def _plan_section(run_dir: Path) -> str:
-    plan = json.loads((run_dir / "plan" / "plan.json").read_text())
+    plan = read_json(run_dir / "plan" / "plan.json")
     groups = {}
     for lang, g in plan["language_to_group"].items():
         groups.setdefault(g, []).append(lang)
@@ -150,11 +150,11 @@ def write_report(run_dir: Path, title: str = "GtS report", note: str = "", log: 
     if missing:
         raise GtsError(f"cannot write the report: {', '.join(missing)} missing; run the recipe's stages before it "
                        f"(a comparison over seeds: eval.train_seeds)")
-    seeds = json.loads(needed[0].read_text())["seeds"]
+    seeds = read_json(needed[0])["seeds"]
     loss_curves(run_dir, run_dir / "experiment" / f"seed-{seeds[0]}", run_dir / "loss_curves.png")
     adaptations = _adaptations(run_dir)
     new_languages = {a["language"] for a in adaptations}
-    manifest = json.loads(needed[2].read_text())
+    manifest = read_json(needed[2])
     data_rows = ["| language | role | train tokens | valid | test |", "|---|---|---|---|---|"]
     for lang in manifest["languages"]:
         splits = manifest["data"][lang]["splits"]

@@ -13,8 +13,9 @@ from gts_megatron.data.manifest import Manifest
 from gts_megatron.contracts.checkpoint import META_FILE, CheckpointMeta, read_meta
 from gts_megatron.engine.checkpoint import LATEST_FILE, load_checkpoint, resolve_checkpoint
 from gts_megatron.errors import GtsError
-from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
-from gts_megatron.model.llama import build_model, count_parameters, transformer_config
+from gts_megatron.model.gts import build_moe_model
+from gts_megatron.model.llama import build_model, transformer_config
+from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
 from gts_megatron.contracts.plan import Plan, moe_identity
 
 

@@ -22,7 +22,8 @@ from gts_megatron.contracts.checkpoint import read_meta
 from gts_megatron.engine.checkpoint import load_checkpoint, resolve_checkpoint, unwrap, write_moe_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model import state_names
-from gts_megatron.model.gts import build_moe_model, moe_parameter_counts
+from gts_megatron.model.gts import build_moe_model
+from gts_megatron.model.sizes import moe_parameter_counts
 from gts_megatron.model.llama import build_model, transformer_config
 from gts_megatron.contracts.plan import load_plan
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime

@@ -22,6 +22,7 @@ from gts_megatron.hf.config_map import (FAMILIES, hf_config_from_model, model_co
                                          token_ids)
 from gts_megatron.hf.gts_export import export_gts
 from gts_megatron.hf.logits import hf_logits, megatron_logits
+from gts_megatron.model.sizes import count_parameters
 from gts_megatron.hf.weights import hf_to_megatron, megatron_to_hf, read_safetensors, write_safetensors
 
 # files of an HF folder that travel with the weights (tokenizer and generation settings)
@@ -76,7 +77,6 @@ def import_hf(cfg: ImportHfConfig, log=print) -> dict:
     tokenizer = _tokenizer_record(src, log)
     # megatron is imported only now: bad input above fails fast
     from gts_megatron.engine.checkpoint import save_checkpoint
-    from gts_megatron.model.llama import count_parameters
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
     log(f"importing {arch} from {src}: {model_cfg.num_layers} layers, hidden {model_cfg.hidden_size}, "

@@ -32,7 +32,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.errors import GtsError
 from gts_megatron.model.dispatch import use_group_dispatcher
-from gts_megatron.model.llama import build_model, count_parameters, decoder_spec, transformer_config
+from gts_megatron.model.llama import build_model, decoder_spec, transformer_config
 from gts_megatron.contracts.plan import Plan
 
 
@@ -239,12 +239,3 @@ def build_moe_model(model: ModelConfig, parallel: ParallelConfig, moe: MoEConfig
         use_group_dispatcher(gts, placement=moe.placement)
     return gts, config
 
-
-def moe_parameter_counts(model: ModelConfig, plan: Plan, topk: int) -> tuple[int, int]:
-    """(total, active per token) parameters of the expanded model, unsharded."""
-    expert = 3 * model.hidden_size * model.ffn_hidden_size  # gate, up, down
-    router = plan.num_experts * model.hidden_size
-    layers = len(plan.moe_layers)
-    dense = count_parameters(model)
-    return (dense + layers * ((plan.num_experts - 1) * expert + router),
-            dense + layers * ((topk - 1) * expert + router))

@@ -126,14 +126,3 @@ def build_model(model: ModelConfig, config: TransformerConfig,
         gpt = Float16Module(config, gpt)
     return gpt
 
-
-def count_parameters(model: ModelConfig) -> int:
-    """Parameters of the whole (unsharded) dense model, padded vocabulary included."""
-    h, f = model.hidden_size, model.ffn_hidden_size
-    head_dim = h // model.num_attention_heads
-    kv = (model.num_query_groups or model.num_attention_heads) * head_dim
-    attention = h * (h + 2 * kv) + h * h + h            # fused QKV, output projection, its norm
-    attention += (h + 2 * kv) if model.qkv_bias else 0
-    mlp = 2 * h * f + f * h + h                          # gate+up (fused), down, its norm
-    embeddings = padded_vocab_size(model.vocab_size) * h * (1 if model.tie_embeddings else 2)
-    return model.num_layers * (attention + mlp) + embeddings + h  # + final norm

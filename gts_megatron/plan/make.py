@@ -19,6 +19,7 @@ from gts_megatron.plan import grouping, plots
 from gts_megatron.plan.families import family_agreement
 from gts_megatron.plan.layers import deviation_matrix, normalised_profile, select_layers
 from gts_megatron.contracts.plan import ROUTING_CHECKSUM, Plan, write_plan
+from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
 from gts_megatron.plan.similarity import distance_from_similarity, similarity_from_store, similarity_layers
 from gts_megatron.probe.store import read_probe, stored_languages
 
@@ -145,9 +146,6 @@ def summary(plan: Plan, model: Optional[dict], families: Optional[dict] = None) 
         lines.append(line)
     lines.append(f"MoE layers: {plan.moe_layers}")
     if model:
-        from gts_megatron.model.gts import moe_parameter_counts
-        from gts_megatron.model.llama import count_parameters
-
         config = ModelConfig.model_validate(model)
         total, active = moe_parameter_counts(config, plan, topk=1)
         lines.append(f"parameters: dense {count_parameters(config) / 1e6:.2f}M -> {total / 1e6:.2f}M after "

@@ -52,10 +52,11 @@ def stage_job(name: str, options: dict, after: Optional[str], nodes: int = 1) ->
                                           "sbatch_args": [*options.get("sbatch_args", []), *extra]})
 
 
-def _probe_array(stage: Stage, options: dict, languages: list[str], after: Optional[str]) -> str:
-    """Submit the probe stage's command as a job array, one task per language; returns its id."""
-    parallel = options.get("array_parallel")
-    job = stage_job("probe-array", {k: v for k, v in options.items() if k != "array_parallel"}, after)
+def _probe_array(stage: Stage, options: dict, languages: list[str], parallel: Optional[int],
+                 after: Optional[str]) -> str:
+    """Submit the probe stage's command as a job array, one task per language, at most
+    ``parallel`` at once; returns its id."""
+    job = stage_job("probe-array", options, after)
     job = job.model_copy(update={"array_parallel": parallel})
     array = f"0-{len(languages) - 1}" + (f"%{parallel}" if parallel else "")
     # the template adds --languages <its one> --executor process to the stage's own command
@@ -72,14 +73,14 @@ def submit_chain(recipe_ref: str, todo: list[tuple[Stage, str]], options: dict,
     options = dict(options)
     probe_nodes = options.pop("probe_nodes", None)
     probe_array, languages = options.pop("probe_array", False), options.pop("probe_languages", None)
+    parallel = options.pop("array_parallel", None)
     for stage, head in todo:
         name, array = stage.name, None
         if name == "probe" and probe_array:
-            array = _probe_array(stage, options, languages, jobs[-1] if jobs else None)
+            array = _probe_array(stage, options, languages, parallel, jobs[-1] if jobs else None)
             jobs.append(array)
         on_ray = name == "probe" and probe_nodes is not None
-        job = stage_job(name, {k: v for k, v in options.items() if k != "array_parallel"},
-                        jobs[-1] if jobs else None, probe_nodes if on_ray else 1)
+        job = stage_job(name, options, jobs[-1] if jobs else None, probe_nodes if on_ray else 1)
         # the Ray template starts the cluster and adds --address to the command it runs on the head
         script = render("ray" if on_ray else "train", job, ["run", recipe_ref, "--stage", name])
         jobs.append(submit(script))

@@ -24,7 +24,8 @@ from gts_megatron.engine.loop import TrainResult, lm_forward_step
 from gts_megatron.engine.trainer import TrainSpec, train
 from gts_megatron.engine.session import training_session
 from gts_megatron.errors import GtsError
-from gts_megatron.model.gts import ROUTING, build_moe_model, handover_share, moe_parameter_counts
+from gts_megatron.model.gts import ROUTING, build_moe_model, handover_share
+from gts_megatron.model.sizes import moe_parameter_counts
 from gts_megatron.contracts.plan import Plan, load_plan, moe_identity
 
 

@@ -78,7 +78,8 @@ def test_a_tokens_loss_reaches_only_its_groups_expert(gts_setup, megatron_single
 
 def test_group_ids_are_required_and_parameter_counts_are_exact(gts_setup, megatron_single):
     from gts_megatron.errors import GtsError
-    from gts_megatron.model.gts import ROUTING, moe_parameter_counts
+    from gts_megatron.model.gts import ROUTING
+    from gts_megatron.model.sizes import moe_parameter_counts
 
     cfg, plan, dense, moe = load_models(gts_setup)
     tokens, positions, _ = token_batch(plan, [0, 1])

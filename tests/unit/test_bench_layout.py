@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gts_megatron.bench.layout import bench_layout, layouts
 from gts_megatron.config import BenchLayoutConfig, build_config
-from gts_megatron.model.llama import count_parameters
+from gts_megatron.model.sizes import count_parameters
 
 
 def test_one_gpu_holds_the_dense_weights_gradients_and_adam_state_of_every_parameter():

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from gts_megatron.config import load_config
-from gts_megatron.model.llama import (
-    SDPAttention, build_model, count_parameters, padded_vocab_size, transformer_config)
+from gts_megatron.model.llama import SDPAttention, build_model, padded_vocab_size, transformer_config
+from gts_megatron.model.sizes import count_parameters
 from gts_megatron.runtime.distributed import init_runtime, seed_everything, shutdown_runtime
 from tests.conftest import TINY
 

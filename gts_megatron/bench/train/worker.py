@@ -108,8 +108,7 @@ def _peak_flops(runtime, opts) -> tuple[float, bool]:
 
 def _summary(ws: Workspace, opts, runtime, times, arms_built: dict, splits, peak, measured) -> dict:
     """The result: per arm (``arms_built``: {name: (peak memory, first loss)}) and ratios."""
-    from gts_megatron.model.gts import moe_parameter_counts
-    from gts_megatron.model.llama import count_parameters
+    from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
     from gts_megatron.contracts.plan import load_plan
 
     model, plan = ws.run_config("dense").model, load_plan(ws.plan)
