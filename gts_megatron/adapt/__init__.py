@@ -24,7 +24,8 @@ from gts_megatron.artifacts import atomic_write_text, claim_directory
 from gts_megatron.config import AdaptConfig, MoEConfig, ParallelConfig, build_config
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.data.mixture import check_data
-from gts_megatron.engine.checkpoint import finished_checkpoint as finished, unwrap, write_moe_checkpoint
+from gts_megatron.engine.checkpoint import unwrap, write_moe_checkpoint
+from gts_megatron.contracts.checkpoint import finished_checkpoint as finished
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.load import TrainedModel
 from gts_megatron.eval.perplexity import evaluate_cached

@@ -6,7 +6,7 @@ from typing import Optional
 
 from gts_megatron.config import RunConfig
 from gts_megatron.contracts.checkpoint import CheckpointRecord, TokenizerRecord
-from gts_megatron.data.mixture import LanguageMixture, check_data
+from gts_megatron.data.mixture import LanguageMixture
 from gts_megatron.data.placement import Placement
 from gts_megatron.data.synthetic import SyntheticTokens
 from gts_megatron.engine.loop import TrainResult
@@ -14,12 +14,6 @@ from gts_megatron.engine.trainer import TrainSpec, train
 from gts_megatron.engine.session import training_session
 from gts_megatron.model.llama import build_model, transformer_config
 from gts_megatron.model.sizes import count_parameters
-
-
-def check_run_data(cfg: RunConfig) -> None:
-    """Refuse data that cannot feed this run, before any process starts."""
-    if cfg.data.kind == "indexed":
-        check_data(Path(cfg.data.path), cfg.data.languages, cfg.train.seq_length, cfg.model.vocab_size)
 
 
 def build_dataset(cfg: RunConfig, run_dir: Path, language_to_group: Optional[dict[str, int]] = None,

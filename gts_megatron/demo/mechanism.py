@@ -30,7 +30,7 @@ def run_mechanism(out: Path, recipe: MechanismConfig, log: Callable = print) -> 
     from gts_megatron.base.pretrain import pretrain
     from gts_megatron.config import ExperimentConfig, PlanConfig, ProbeConfig, SyntheticDataConfig
     from gts_megatron.data.families import write_synthetic
-    from gts_megatron.engine.checkpoint import finished_checkpoint
+    from gts_megatron.contracts.checkpoint import finished_checkpoint
     from gts_megatron.experiment import run_seeds
     from gts_megatron.plan.make import make_plan
     from gts_megatron.probe.fleet import run_fleet

@@ -26,15 +26,13 @@ from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config import ModelConfig
-from gts_megatron.contracts.checkpoint import (META_FILE, CheckpointMeta, CheckpointRecord, TokenizerRecord,
-                                               file_checksums, read_meta, verify_files, write_meta)
+from gts_megatron.contracts.checkpoint import (LATEST_FILE, CheckpointMeta, CheckpointRecord, TokenizerRecord,
+                                               check_model_matches, complete_checkpoints, file_checksums, read_meta,
+                                               verify_files, write_meta)
 from gts_megatron.contracts.plan import Plan, moe_identity
 from gts_megatron.errors import GtsError
 
-LATEST_FILE = "latest"
 # model fields that decide parameter shapes: a checkpoint must agree on all of them
-SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                "ffn_hidden_size", "vocab_size", "tie_embeddings", "qkv_bias")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,25 +40,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module"):
         model = model.module
     return model
-
-
-def complete_checkpoints(ckpt_root: Path) -> list[Path]:
-    """The complete checkpoints under ``ckpt_root`` (those with a meta.json), oldest first."""
-    return sorted(p for p in ckpt_root.glob("iter_*") if (p / META_FILE).is_file())
-
-
-def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
-    """The checkpoint ``latest`` names, or the newest complete one when ``latest`` is missing (a
-    deleted pointer never sends a run back to step 0 over its checkpoints); None when there is none."""
-    pointer = ckpt_root / LATEST_FILE
-    if not pointer.is_file():
-        complete = complete_checkpoints(ckpt_root)
-        return complete[-1] if complete else None
-    path = ckpt_root / pointer.read_text().strip()
-    if not (path / META_FILE).is_file():
-        raise GtsError(f"{pointer} names {path.name}, which is missing or incomplete; "
-                       f"point it at a complete checkpoint or remove it to start afresh")
-    return path
 
 
 def _rng_state() -> dict[str, Any]:
@@ -154,43 +133,6 @@ def write_moe_checkpoint(out: Path, model, model_config: ModelConfig, plan: Plan
 def _prune(ckpt_root: Path, keep: int) -> None:
     for old in complete_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint directory, or the newest checkpoint of a directory with a ``latest`` pointer."""
-    if (path / LATEST_FILE).is_file():
-        return latest_checkpoint(path)
-    return path
-
-
-def finished_checkpoint(run_dir: Path, steps: int) -> Optional[Path]:
-    """The final checkpoint of a stage already trained for ``steps`` steps, else None."""
-    ckpt = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
-    return ckpt if ckpt is not None and read_meta(ckpt).step >= steps else None
-
-
-def check_model_matches(path: Path, meta: CheckpointMeta, model_config: ModelConfig,
-                        moe: Optional[dict] = None) -> None:
-    """Refuse a checkpoint whose parameter shapes differ from ``model_config`` (and, for an MoE
-    model, whose experts or MoE layers differ from ``moe``)."""
-    saved = meta.model.model_dump(mode="json")
-    current = model_config.model_dump(mode="json")
-    for field in SHAPE_FIELDS:
-        if saved.get(field) != current[field]:
-            raise GtsError(f"checkpoint {path} has model.{field}={saved.get(field)!r} but the config "
-                           f"says {current[field]!r}; use the checkpoint's model config")
-    saved_moe = meta.moe
-    if moe is None and saved_moe is not None:
-        raise GtsError(f"checkpoint {path} is an MoE model ({saved_moe['experts']} experts in layers "
-                       f"{saved_moe['layers']}); set moe.plan to its plan")
-    if moe is not None and saved_moe is None:
-        raise GtsError(f"checkpoint {path} is a dense model; turn it into the planned MoE model with "
-                       f"`gts expand` first")
-    if moe is not None:
-        for key in moe:
-            if saved_moe.get(key) != moe[key]:
-                raise GtsError(f"checkpoint {path} does not match the plan: it has {key} {saved_moe.get(key)} "
-                               f"but the plan has {moe[key]}")
 
 
 def _is_distributed_optimizer(optimizer) -> bool:

@@ -17,6 +17,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from gts_megatron.config import RunConfig
 from gts_megatron.contracts.checkpoint import CheckpointRecord
+from gts_megatron.contracts.checkpoint import LATEST_FILE, latest_checkpoint, resolve_checkpoint
 from gts_megatron.engine import checkpoint as ckpt
 from gts_megatron.engine.loop import (ForwardStep, SampleOrder, StopRequest, TrainResult, contiguous_order,
                                       evaluate, lm_forward_step, log_validation, mean_reports, micro_batches,
@@ -72,20 +73,20 @@ class Trainer:
     def restore(self) -> None:
         """Resume from the run's newest checkpoint, else start from ``train.init_from`` or the
         model as built; then open the run's log at the step it continues from."""
-        self.resumed_from = ckpt.latest_checkpoint(self.ckpt_root)
+        self.resumed_from = latest_checkpoint(self.ckpt_root)
         if self.resumed_from is not None:
             self.state = ckpt.load_checkpoint(self.resumed_from, self.model, self.cfg.model, self.optimizer,
                                               self.scheduler, moe=self.spec.moe)
             self.last_saved = self.state["step"]
         elif self.t.init_from:
-            ckpt.load_checkpoint(ckpt.resolve_checkpoint(Path(self.t.init_from)), self.model, self.cfg.model,
+            ckpt.load_checkpoint(resolve_checkpoint(Path(self.t.init_from)), self.model, self.cfg.model,
                                  moe=self.spec.moe)
             self.optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
         self.log = RunLog(self.run_dir, self.runtime.is_main, self.t.steps, self.state["step"], self.t.tensorboard,
                           self.spec.desc)
         if self.resumed_from is not None:
-            if not (self.ckpt_root / ckpt.LATEST_FILE).is_file():
-                self.log.message(f"{self.ckpt_root / ckpt.LATEST_FILE} is missing: recovered the newest complete "
+            if not (self.ckpt_root / LATEST_FILE).is_file():
+                self.log.message(f"{self.ckpt_root / LATEST_FILE} is missing: recovered the newest complete "
                                  f"checkpoint, {self.resumed_from.name}")
             self.log.message(f"resumed from {self.resumed_from} at step {self.state['step']}")
 

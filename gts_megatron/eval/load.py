@@ -11,7 +11,8 @@ import torch
 from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.data.manifest import Manifest
 from gts_megatron.contracts.checkpoint import META_FILE, CheckpointMeta, read_meta
-from gts_megatron.engine.checkpoint import LATEST_FILE, load_checkpoint, resolve_checkpoint
+from gts_megatron.engine.checkpoint import load_checkpoint
+from gts_megatron.contracts.checkpoint import LATEST_FILE, resolve_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import build_moe_model
 from gts_megatron.model.llama import build_model, transformer_config

@@ -19,7 +19,8 @@ import torch
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config import MoEConfig, ParallelConfig
 from gts_megatron.contracts.checkpoint import read_meta
-from gts_megatron.engine.checkpoint import load_checkpoint, resolve_checkpoint, unwrap, write_moe_checkpoint
+from gts_megatron.engine.checkpoint import load_checkpoint, unwrap, write_moe_checkpoint
+from gts_megatron.contracts.checkpoint import resolve_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model import state_names
 from gts_megatron.model.gts import build_moe_model

@@ -41,7 +41,7 @@ def probe_inputs(cfg: ProbeConfig, base_meta: CheckpointMeta) -> dict:
 
 def base_model(cfg: ProbeConfig) -> tuple[Path, CheckpointMeta, ModelConfig]:
     """The base checkpoint, its meta and its model config; an MoE checkpoint is refused."""
-    from gts_megatron.engine.checkpoint import resolve_checkpoint
+    from gts_megatron.contracts.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(Path(cfg.base))
     meta = read_meta(path)

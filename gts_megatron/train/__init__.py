@@ -23,25 +23,10 @@ from gts_megatron.data.placement import Placement
 from gts_megatron.engine.loop import TrainResult, lm_forward_step
 from gts_megatron.engine.trainer import TrainSpec, train
 from gts_megatron.engine.session import training_session
-from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import ROUTING, build_moe_model, handover_share
 from gts_megatron.model.sizes import moe_parameter_counts
-from gts_megatron.contracts.plan import Plan, load_plan, moe_identity
-
-
-def check_moe(cfg: RunConfig) -> Plan:
-    """The run's plan, refused if the model or the expert-parallel layout cannot hold it."""
-    if not cfg.moe.plan:
-        raise GtsError("moe.plan is not set: GtS training needs the plan.json that `gts plan` wrote")
-    plan = load_plan(Path(cfg.moe.plan))
-    plan.check_model(cfg.model.num_layers, cfg.moe.plan)
-    ep = cfg.parallel.expert
-    if plan.num_experts % ep:
-        raise GtsError(f"{cfg.moe.plan}: {plan.num_experts} experts cannot be spread evenly over "
-                       f"parallel.expert={ep} ranks; use an expert-parallel size that divides {plan.num_experts}")
-    if cfg.moe.stage == "learned" and cfg.moe.topk > plan.num_experts:
-        raise GtsError(f"moe.topk {cfg.moe.topk} is more than the plan's {plan.num_experts} experts")
-    return plan
+from gts_megatron.contracts.preflight import check_moe
+from gts_megatron.contracts.plan import Plan, moe_identity
 
 
 def gts_forward_step(batch, model):

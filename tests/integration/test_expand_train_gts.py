@@ -21,10 +21,12 @@ def megatron_single():
 def load_models(setup, stage="group", router_loss_weight=1.28):
     """The dense base and the expanded model, loaded from the setup's checkpoints."""
     from gts_megatron.config import load_config
-    from gts_megatron.engine.checkpoint import load_checkpoint, resolve_checkpoint
+    from gts_megatron.engine.checkpoint import load_checkpoint
+    from gts_megatron.contracts.checkpoint import resolve_checkpoint
     from gts_megatron.model.llama import build_model, transformer_config
     from gts_megatron.contracts.plan import moe_identity
-    from gts_megatron.train import build_gts_model, check_moe
+    from gts_megatron.contracts.preflight import check_moe
+    from gts_megatron.train import build_gts_model
 
     cfg = load_config(TINY, [*(a for a in setup["args"][3::2]), f"moe.stage={stage}",
                              f"moe.router_loss_weight={router_loss_weight}"])
@@ -103,47 +105,53 @@ LAYOUTS = {"ep2": ["--set", "parallel.expert=2"],
 
 
 @pytest.fixture(scope="module")
-def stage_runs(gts_setup, tmp_path_factory):
-    """Single-process reference runs: stage 1 from the expansion, stage 2 from stage 1."""
+def stage_run(gts_setup, tmp_path_factory):
+    """``stage_run(stage, layout)``: the metrics of 5 steps of a stage (group from the expansion,
+    learned from the one-process group run) at a layout ("one": one process), validated at steps 0
+    and 5; each run once per module, shared by the layout and function-preservation checks."""
     root = tmp_path_factory.mktemp("stages")
-    run_gts("train", "--stage", "group", "--run-dir", str(root / "group"), *gts_setup["args"],
-            "--set", f"train.init_from={gts_setup['moe']}", "--set", "train.steps=5")
-    run_gts("train", "--stage", "learned", "--run-dir", str(root / "learned"), *gts_setup["args"],
-            "--set", f"train.init_from={root / 'group' / 'checkpoints'}", "--set", "train.steps=5")
-    return root
+
+    def run(stage: str, layout: str = "one") -> list[dict]:
+        out = root / stage / layout
+        if not (out / "checkpoints").exists():
+            start = gts_setup["moe"] if stage == "group" else root / "group" / "one" / "checkpoints"
+            if stage == "learned":
+                run("group")
+            nproc = [] if layout == "one" else ["--nproc-per-node", "2"]
+            run_gts("train", "--stage", stage, "--run-dir", str(out), *nproc, *gts_setup["args"],
+                    "--set", f"train.init_from={start}", "--set", "train.steps=5", "--set", "train.eval_interval=5",
+                    *LAYOUTS.get(layout, []))
+        return read_metrics(out)
+
+    return run
 
 
 @pytest.mark.parametrize("stage,layout", [(stage, layout) for stage in ("group", "learned") for layout in LAYOUTS
                                           if (stage, layout) != ("learned", "ep2-alltoall")])  # = ep2 there
-def test_both_stages_match_one_process_at_ep2_and_tp2(gts_setup, stage_runs, tmp_path, stage, layout):
-    start = gts_setup["moe"] if stage == "group" else stage_runs / "group" / "checkpoints"
-    run_gts("train", "--stage", stage, "--run-dir", str(tmp_path), "--nproc-per-node", "2", *gts_setup["args"],
-            "--set", f"train.init_from={start}", "--set", "train.steps=5", *LAYOUTS[layout])
-    expected, got = read_metrics(stage_runs / stage), read_metrics(tmp_path)
+def test_both_stages_match_one_process_at_ep2_and_tp2(stage_run, stage, layout):
+    expected, got = stage_run(stage), stage_run(stage, layout)
     assert len(got) == len(expected)
     for want, have in zip(expected, got):
         for key in want:
             if key not in ("step_time_s", "tokens_per_s"):
                 assert abs(have[key] - want[key]) <= 1e-5, (key, want, have)
     if stage == "group":
-        assert "router_loss" in got[0] and "router_accuracy" in got[0]
+        steps = [m for m in got if "loss" in m]
+        assert len(steps) == 5 and all("router_loss" in m and "router_accuracy" in m for m in steps)
 
 
-@pytest.mark.slow
-def test_function_preserved_at_every_layout(gts_setup, tmp_path):
-    """Zero steps from the expansion: per-language validation loss equals the dense model's."""
+def test_function_preserved_at_every_layout(gts_setup, stage_run, tmp_path):
+    """At step 0 of stage 1, at every layout, the per-language validation loss equals the dense
+    model's: the expansion changes no function."""
     run_gts("pretrain", "--config", TINY, "--run-dir", str(tmp_path / "dense"), *indexed_args(gts_setup["data"]),
             "--set", f"train.init_from={gts_setup['base']}", "--set", "train.steps=0")
     dense = read_metrics(tmp_path / "dense")[-1]
-    for name, layout in [("one", []), *LAYOUTS.items()]:
-        nproc = ["--nproc-per-node", "2"] if layout else []
-        run_gts("train", "--stage", "group", "--run-dir", str(tmp_path / name), *nproc, *gts_setup["args"],
-                "--set", f"train.init_from={gts_setup['moe']}", "--set", "train.steps=0", *layout)
-        moe = read_metrics(tmp_path / name)[-1]
-        languages = [k for k in dense if k.startswith("valid_loss/")]
-        assert len(languages) == 4
+    languages = [k for k in dense if k.startswith("valid_loss/")]
+    assert len(languages) == 4
+    for layout in ("one", *LAYOUTS):
+        (moe,) = [m for m in stage_run("group", layout) if m["step"] == 0 and "valid_loss" in m]
         for key in languages:
-            assert abs(moe[key] - dense[key]) <= 1e-5, (name, key, moe[key], dense[key])
+            assert abs(moe[key] - dense[key]) <= 1e-5, (layout, key, moe[key], dense[key])
 
 
 def test_router_loss_teaches_the_router_the_groups(gts_setup, tmp_path):
@@ -210,7 +218,7 @@ def test_placement_trains_each_ep_rank_on_its_groups_and_matches_alltoall(gts_se
     alltoall on the same samples gives the same losses, and a resumed run continues the streams."""
     import shutil
 
-    from gts_megatron.engine.checkpoint import LATEST_FILE
+    from gts_megatron.contracts.checkpoint import LATEST_FILE
 
     outputs = {}
 

@@ -113,3 +113,15 @@ def test_the_cycle_finder_finds_a_cycle():
     # the check above is only as good as this: a three-module loop and a self-contained pair
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_function_is_over_60_lines():
+    """Functions a reader can hold at once (issue 22): decorators and docstrings count."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - first + 1 > 60:
+                    long.append(f"{_module_name(path)}.{node.name}: {node.end_lineno - first + 1} lines")
+    assert not long, long

@@ -48,7 +48,8 @@ class MegatronArm:
 
         from gts_megatron.base.pretrain import build_dataset
         from gts_megatron.data.placement import Placement
-        from gts_megatron.engine.checkpoint import load_checkpoint, resolve_checkpoint
+        from gts_megatron.engine.checkpoint import load_checkpoint
+        from gts_megatron.contracts.checkpoint import resolve_checkpoint
         from gts_megatron.engine.loop import contiguous_order, lm_forward_step, wrap_ddp
         from gts_megatron.engine.optim import build_optimizer
         from gts_megatron.model.llama import build_model, transformer_config

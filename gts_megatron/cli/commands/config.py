@@ -31,7 +31,7 @@ def config(args: argparse.Namespace, _options) -> int:
     world = args.world_size or cfg.parallel.tensor * (cfg.parallel.data or 1)
     if world < 1:
         raise GtsError(f"--world-size {world}: must be at least 1")
-    from gts_megatron.train.preflight import preflight
+    from gts_megatron.contracts.preflight import preflight
 
     preflight(cfg, world)  # the very checks pretrain and train run before starting a process
     print(dump_config(cfg), end="")

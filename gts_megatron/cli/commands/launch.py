@@ -47,7 +47,7 @@ def slurm(args: argparse.Namespace, job) -> int:
     command, parsed = _command(args)
     world = job.nodes * job.processes_per_node
     if parsed.command in TRAINING:
-        from gts_megatron.train.preflight import preflight
+        from gts_megatron.contracts.preflight import preflight
 
         # a bad layout, plan, data or init checkpoint fails here, not after the queue
         preflight(load_config(parsed.config, parsed.set), world)

@@ -27,20 +27,27 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _run_training(args: argparse.Namespace, cfg, stage) -> int:
-    """Check what can be checked before any process starts, then run ``stage(cfg, run_dir)``
-    here or in ``--nproc-per-node`` local workers."""
+# the function that runs each training command, imported only once the run has been checked:
+# megatron's import alone takes seconds, and a refusal should not wait for it
+_STAGES = {"pretrain": ("gts_megatron.base.pretrain", "pretrain"), "train": ("gts_megatron.train", "train_stage")}
+
+
+def _run_training(args: argparse.Namespace, cfg) -> int:
+    """Check what can be checked before any process starts, then run the command's stage
+    (``_STAGES``) here or in ``--nproc-per-node`` local workers."""
+    import importlib
+
+    from gts_megatron.contracts.preflight import preflight
     from gts_megatron.runtime.launch import in_launched_worker, launch_local
 
     if not in_launched_worker():
         if args.nproc_per_node < 1:
             raise GtsError(f"--nproc-per-node {args.nproc_per_node}: must be at least 1")
-        from gts_megatron.train.preflight import preflight
-
         preflight(cfg, args.nproc_per_node)  # refuse a bad run before spawning
         if args.nproc_per_node > 1:
             return launch_local(_worker_argv(args), args.nproc_per_node)
-    result = stage(cfg, Path(args.run_dir))
+    module, name = _STAGES[args.command]
+    result = getattr(importlib.import_module(module), name)(cfg, Path(args.run_dir))
     return 128 + result.interrupted_by if result.interrupted_by else 0
 
 
@@ -49,13 +56,12 @@ def pretrain_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def pretrain(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.base.pretrain import pretrain as run_pretrain
     from gts_megatron.config import load_config
 
     cfg = load_config(args.config, args.set)
     if cfg.moe.plan:
         raise GtsError("moe.plan is set: pretrain builds the dense base model; use `gts train` for the MoE")
-    return _run_training(args, cfg, run_pretrain)
+    return _run_training(args, cfg)
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,10 +72,12 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace, _options) -> int:
     from gts_megatron.config import load_config
-    from gts_megatron.train import train_stage
+
+    from gts_megatron.contracts.preflight import check_moe
 
     cfg = load_config(args.config, [f"moe.stage={args.stage}", *args.set])
-    return _run_training(args, cfg, train_stage)
+    check_moe(cfg)  # a GtS stage without its plan is refused before megatron loads
+    return _run_training(args, cfg)
 
 
 def experiment_arguments(p: argparse.ArgumentParser) -> None:
