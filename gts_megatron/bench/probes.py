@@ -45,7 +45,7 @@ def bench_probes(options: BenchProbesConfig) -> dict:
                           seq_length=seq_length, lr=1e-3, cpus_per_probe=cpus_per_probe,
                           tokens_per_step=8 * seq_length)
         started = time.perf_counter()
-        run_probe(cfg, "syn00", root / "alone", log=quiet)
+        run_probe(cfg, "syn00", root / "alone")
         one = time.perf_counter() - started
         started, timings = time.perf_counter(), {}
         run_fleet(cfg, root / "fleet", log=quiet, timings=timings)

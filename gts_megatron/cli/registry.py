@@ -50,7 +50,7 @@ COMMANDS = (
             "sketches.", "ProbeConfig",
             ("base", "data", "languages", "engine", "zero_stage", "steps", "lr", "micro_batch_size",
              "global_batch_size", "tokens_per_step", "seq_length", "delta", "sketch_size", "exact", "seed",
-             "cpus_per_probe", "gpus_per_probe", "retries", "address", "executor")),
+             "pipeline", "cpus_per_probe", "gpus_per_probe", "retries", "address", "executor")),
     Command("plan", "stages", "plan", "Group languages and choose MoE layers from probe results -> plan.json with "
             "figures.", "PlanConfig",
             ("probes", "deviations", "languages", "method", "k", "threshold", "groups_map", "similarity_layers",

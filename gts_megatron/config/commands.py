@@ -59,8 +59,11 @@ class ProbeConfig(_Section):
                                                          "about 1/sqrt(size x layers compared))")
     exact: bool = Field(False, description="keep the full FFN deltas instead of sketches (small models)")
     seed: int = Field(1234, ge=0, description="seed of training and of the sketch hash (the same for every language)")
-    cpus_per_probe: int = Field(1, ge=1, description="CPUs (threads) each probe task reserves on Ray")
-    gpus_per_probe: float = Field(0, ge=0, description="GPUs each probe task reserves on Ray")
+    pipeline: int = Field(1, ge=1, description="pipeline-parallel size of each probe (engine megatron): the probe "
+                                               "runs as this many local processes, each holding a share of the "
+                                               "layers, for a base too large for one device; the result is the same")
+    cpus_per_probe: int = Field(1, ge=1, description="CPUs (threads) each probe process reserves on Ray")
+    gpus_per_probe: float = Field(0, ge=0, description="GPUs each probe process reserves on Ray")
     retries: int = Field(2, ge=0, description="times Ray re-runs a probe whose worker crashed")
     address: Optional[str] = Field(None, description="Ray cluster address; null = start a local Ray")
     executor: Literal["ray", "process"] = Field(
@@ -76,6 +79,9 @@ class ProbeConfig(_Section):
                              f"micro_batch_size = {chunk}; use {max(1, round(self.tokens_per_step / chunk)) * chunk}")
         if self.delta == "gradient" and self.engine != "megatron":
             raise ValueError("delta gradient needs engine megatron")
+        if self.pipeline > 1 and self.engine != "megatron":
+            raise ValueError(f"pipeline {self.pipeline} needs engine megatron (DeepSpeed's probe shards with ZeRO "
+                             f"instead)")
         return self
 
     @property

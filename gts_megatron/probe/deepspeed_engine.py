@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 import torch
 
-from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig, TrainConfig
+from gts_megatron.config import TrainConfig
 
 
 def adamw(params, t: TrainConfig) -> torch.optim.AdamW:
@@ -41,45 +40,42 @@ def deepspeed_engine(model: torch.nn.Module, optimizer, t: TrainConfig, zero: di
     return engine
 
 
-def train_with_deepspeed(cfg: ProbeConfig, run_cfg: RunConfig, model_cfg: ModelConfig, base: Path,
-                         run_dir: Path, names: tuple[str, ...]) -> tuple[dict, dict]:
-    """Fine-tune from ``base`` with DeepSpeed; returns (before, after) of the parameters whose
-    names end with one of ``names`` (float32, full tensors)."""
+def train_with_deepspeed(run, names: tuple[str, ...]) -> tuple[dict, dict]:
+    """Fine-tune ``run`` (a probe.run.ProbeRun) from its base with DeepSpeed; returns (before,
+    after) of the parameters whose names end with one of ``names`` (float32, full tensors)."""
     import deepspeed
 
     from gts_megatron.base.pretrain import build_dataset
     from gts_megatron.engine.checkpoint import load_checkpoint, unwrap
     from gts_megatron.engine.loop import micro_batches
-    from gts_megatron.engine.session import training_session
     from gts_megatron.model.llama import build_model, transformer_config
     from gts_megatron.model.torch_llama import from_megatron_state
 
+    cfg, run_cfg, model_cfg, rt, run_dir = run.cfg, run.run_cfg, run.model_cfg, run.runtime, run.work_dir
     t = run_cfg.train
-    with training_session(run_cfg, run_dir, f"probe {run_cfg.data.languages[0]} (DeepSpeed ZeRO-{cfg.zero_stage})") as rt:
-        torch.set_num_threads(cfg.cpus_per_probe)
-        megatron_model = build_model(model_cfg, transformer_config(model_cfg, run_cfg.parallel))
-        load_checkpoint(base, megatron_model, model_cfg)
-        model = from_megatron_state(model_cfg, unwrap(megatron_model).state_dict())
-        del megatron_model
-        before = {n: p.detach().float().clone() for n, p in model.named_parameters() if n.endswith(names)}
-        dataset = build_dataset(run_cfg, run_dir)
-        zero = {"stage": cfg.zero_stage, "offload_optimizer": {"device": "cpu"}}
-        if cfg.zero_stage == 3:
-            zero["offload_param"] = {"device": "cpu"}
-        optimizer = adamw(model.parameters(), t)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / t.steps))
-        engine = deepspeed_engine(model, optimizer, t, zero, data_parallel=1, local_rank=rt.env.local_rank,
-                                  schedule=schedule)
-        for step in range(t.steps):
-            samples = range(step * t.global_batch_size, (step + 1) * t.global_batch_size)
-            for batch in micro_batches(dataset, samples, t.micro_batch_size, rt.device):
-                per_token = engine(batch["tokens"], batch["labels"])
-                mask = batch["loss_mask"].float()
-                engine.backward((per_token * mask).sum() / mask.sum().clamp(min=1.0))
-                engine.step()
-        params = [p for n, p in engine.module.named_parameters() if n.endswith(names)]
-        gather = deepspeed.zero.GatheredParameters(params) if cfg.zero_stage == 3 else contextlib.nullcontext()
-        with gather:
-            after = {n: p.detach().float().clone() for n, p in engine.module.named_parameters() if n.endswith(names)}
-        engine.destroy()
+    megatron_model = build_model(model_cfg, transformer_config(model_cfg, run_cfg.parallel))
+    load_checkpoint(run.base, megatron_model, model_cfg)
+    model = from_megatron_state(model_cfg, unwrap(megatron_model).state_dict())
+    del megatron_model
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters() if n.endswith(names)}
+    dataset = build_dataset(run_cfg, run_dir)
+    zero = {"stage": cfg.zero_stage, "offload_optimizer": {"device": "cpu"}}
+    if cfg.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    optimizer = adamw(model.parameters(), t)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / t.steps))
+    engine = deepspeed_engine(model, optimizer, t, zero, data_parallel=1, local_rank=rt.env.local_rank,
+                              schedule=schedule)
+    for step in range(t.steps):
+        samples = range(step * t.global_batch_size, (step + 1) * t.global_batch_size)
+        for batch in micro_batches(dataset, samples, t.micro_batch_size, rt.device):
+            per_token = engine(batch["tokens"], batch["labels"])
+            mask = batch["loss_mask"].float()
+            engine.backward((per_token * mask).sum() / mask.sum().clamp(min=1.0))
+            engine.step()
+    params = [p for n, p in engine.module.named_parameters() if n.endswith(names)]
+    gather = deepspeed.zero.GatheredParameters(params) if cfg.zero_stage == 3 else contextlib.nullcontext()
+    with gather:
+        after = {n: p.detach().float().clone() for n, p in engine.module.named_parameters() if n.endswith(names)}
+    engine.destroy()
     return before, after

@@ -46,7 +46,7 @@ def _probe_task(cfg_json: str, language: str, store: str) -> dict:
 
     _inject_fault(language, store)
     started = time.perf_counter()
-    run_probe(ProbeConfig.model_validate_json(cfg_json), language, Path(store), log=lambda *_: None)
+    run_probe(ProbeConfig.model_validate_json(cfg_json), language, Path(store))
     return {"language": language, "seconds": time.perf_counter() - started}
 
 
@@ -109,19 +109,29 @@ def _run_in_process(cfg: ProbeConfig, todo: list[str], store: Path, status: dict
     return status
 
 
+def _checked_languages(cfg: ProbeConfig, model) -> list[str]:
+    """The languages to probe, once the data, the batch and the pipeline split fit the base model."""
+    from gts_megatron.data.mixture import check_data
+
+    _, languages = check_data(Path(cfg.data), cfg.languages, cfg.seq_length, model.vocab_size)
+    if cfg.global_batch_size % cfg.micro_batch_size:
+        raise GtsError(f"--global-batch-size {cfg.global_batch_size} is not a multiple of --micro-batch-size "
+                       f"{cfg.micro_batch_size}")
+    if model.num_layers % cfg.pipeline:
+        raise GtsError(f"--pipeline {cfg.pipeline} does not divide the base's {model.num_layers} layers; choose a "
+                       f"pipeline size that does")
+    return languages
+
+
 def run_fleet(cfg: ProbeConfig, store: Path, log=print, timings: Optional[dict] = None) -> dict[str, str]:
     """Probe every language not yet in ``store``; returns language -> "done" | "skipped" | error.
     ``timings``, if given, receives the seconds spent connecting to Ray and each probe's own time."""
     import ray
 
-    from gts_megatron.data.mixture import check_data
     from gts_megatron.data.prepare import available_cores
 
     _, meta, model = base_model(cfg)
-    manifest, languages = check_data(Path(cfg.data), cfg.languages, cfg.seq_length, model.vocab_size)
-    if cfg.global_batch_size % cfg.micro_batch_size:
-        raise GtsError(f"--global-batch-size {cfg.global_batch_size} is not a multiple of --micro-batch-size "
-                       f"{cfg.micro_batch_size}")
+    languages = _checked_languages(cfg, model)
     inputs = probe_inputs(cfg, meta)
     status = {lang: "skipped" for lang in languages if finished(store, lang, inputs)}
     todo = [lang for lang in languages if lang not in status]
@@ -139,7 +149,8 @@ def run_fleet(cfg: ProbeConfig, store: Path, log=print, timings: Optional[dict] 
         store.mkdir(parents=True, exist_ok=True)
         # DeepSpeed keeps process groups in module globals that outlive a probe: it gets a fresh
         # worker process per probe; megatron probes tear their state down and reuse workers
-        task = ray.remote(num_cpus=cfg.cpus_per_probe, num_gpus=cfg.gpus_per_probe, max_retries=cfg.retries,
+        task = ray.remote(num_cpus=cfg.cpus_per_probe * cfg.pipeline, num_gpus=cfg.gpus_per_probe * cfg.pipeline,
+                          max_retries=cfg.retries,
                           retry_exceptions=False, max_calls=1 if cfg.engine == "deepspeed" else 0)(_probe_task)
         pending = {task.remote(cfg.model_dump_json(), lang, str(store)): lang for lang in todo}
         log(f"probing {len(todo)} languages on Ray ({cfg.cpus_per_probe} CPU each, {cfg.steps} steps)")

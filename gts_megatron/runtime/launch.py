@@ -27,8 +27,9 @@ def report_worker_error(message: str) -> bool:
     return True
 
 
-def launch_local(cli_args: list[str], nproc: int) -> int:
-    """Run ``gts <cli_args>`` in ``nproc`` processes on this machine; returns the exit code."""
+def launch_local(cli_args: list[str], nproc: int, module: str = "gts_megatron.cli") -> int:
+    """Run ``gts <cli_args>`` (or ``python -m <module> <cli_args>``) in ``nproc`` processes on this
+    machine; returns the exit code."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -42,7 +43,7 @@ def launch_local(cli_args: list[str], nproc: int) -> int:
     with tempfile.TemporaryDirectory(prefix="gts-errors-") as errors:
         os.environ[ERROR_DIR_ENV] = errors
         try:
-            elastic_launch(config, sys.executable)("-m", "gts_megatron.cli", *cli_args)
+            elastic_launch(config, sys.executable)("-m", module, *cli_args)
             return 0
         except ChildFailedError as failure:
             messages = sorted({p.read_text().strip() for p in Path(errors).glob("rank*.txt")})

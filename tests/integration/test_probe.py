@@ -107,6 +107,26 @@ def test_deepspeed_zero3_probe_matches_the_megatron_probe(probed, tmp_path):
     assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) > 0.9999
 
 
+def test_a_probe_over_two_pipeline_stages_gives_the_one_process_result(probed, tmp_path):
+    """--pipeline 2: two processes, one layer each, summarised apart and written by rank 0; the
+    update probe equals the fleet's one-process result, the gradient probe its own one-process run."""
+    def probe(out, *extra):
+        run_gts("probe", *probed["common"], "--languages", "syn00", "--executor", "process", "--out", str(out),
+                *extra, timeout=600)
+        return json.loads((out / "syn00.json").read_text()), read_sketches(out, "syn00", [0, 1])
+
+    runs = {"update": (probed["root"] / "sketched", tmp_path / "update", []),
+            "gradient": (tmp_path / "gradient-one", tmp_path / "gradient", ["--delta", "gradient"])}
+    for kind, (one_dir, pp2_dir, extra) in runs.items():
+        one = probe(one_dir, *extra) if kind == "gradient" else (
+            json.loads((one_dir / "syn00.json").read_text()), read_sketches(one_dir, "syn00", [0, 1]))
+        two = probe(pp2_dir, *extra, "--pipeline", "2")
+        for key in ("delta_norm_ffn", "delta_norm_att"):
+            assert np.allclose(two[0][key], one[0][key], rtol=1e-4), (kind, key, two[0][key], one[0][key])
+        assert two[1] @ one[1] / np.linalg.norm(two[1]) / np.linalg.norm(one[1]) > 0.9999, kind
+        assert two[0]["inputs"] == one[0]["inputs"]  # the layout is not an input: a rerun at PP=1 skips it
+
+
 def test_killed_driver_rerun_probes_only_the_unfinished(probed, tmp_path):
     args = ["probe", *probed["common"], "--out", str(tmp_path)]
     proc = subprocess.Popen(gts_cmd(*args), env=gts_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -145,6 +165,7 @@ def test_a_failing_language_is_reported_and_the_others_kept(probed, tmp_path):
     ("language", ["data.languages: xx not in"]),
     ("moe_base", ["is an MoE model; probes start from the dense base"]),
     ("address", ["--address 127.0.0.1:9", "no Ray head answers there"]),
+    ("pipeline", ["--pipeline 3 does not divide the base's 2 layers"]),
 ])
 def test_bad_probe_input_is_refused_quickly(probed, gts_setup, tmp_path, case, fragments):
     args = ["probe", "--base", probed["base"], "--data", str(probed["data"]), "--out", str(tmp_path / "p")]
@@ -154,6 +175,8 @@ def test_bad_probe_input_is_refused_quickly(probed, gts_setup, tmp_path, case, f
         args[2] = str(gts_setup["moe"])
     elif case == "address":
         args += ["--address", "127.0.0.1:9"]
+    elif case == "pipeline":
+        args += ["--pipeline", "3"]
     started = time.time()
     assert_one_line_error(run_gts(*args, check=False), *fragments)
     assert time.time() - started < 30
