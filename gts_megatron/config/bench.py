@@ -45,6 +45,8 @@ class BenchTrainConfig(_Section):
     seq_length: int = Field(256, ge=8, description="tokens per sequence")
     nproc_per_node: int = Field(1, ge=1, description="processes on this machine (gloo on CPU, NCCL on GPUs)")
     tensor: int = Field(1, ge=1, description="tensor-parallel size of the megatron arms")
+    pipeline: int = Field(1, ge=1, description="pipeline-parallel size of the megatron arms (megatron-core's 1F1B "
+                                               "over each rank's micro-batches); the DeepSpeed arms have none")
     expert: int = Field(1, ge=1, description="expert-parallel size of the MoE arms")
     dtype: Literal["fp32", "bf16"] = Field("fp32", description="training precision")
     peak_tflops: Optional[float] = Field(
@@ -69,6 +71,8 @@ class BenchTrainConfig(_Section):
         for name, size in (("tensor", self.tensor), ("expert", self.expert)):
             if world % size:
                 raise ValueError(f"{name} {size} does not divide the {world} processes (--nproc-per-node)")
+        if self.pipeline > 1:
+            self._check_pipeline(world)
         if self.experts % self.expert:
             raise ValueError(f"expert {self.expert}: {self.experts} experts cannot be spread evenly over "
                              f"{self.expert} expert-parallel ranks")
@@ -86,10 +90,33 @@ class BenchTrainConfig(_Section):
                         f"{self.micro_batch_size} x {engine} data-parallel size {dp}")
         return self
 
+    def _check_pipeline(self, world: int) -> None:
+        """The pipeline layout the megatron arms will be built with, checked before anything runs."""
+        from gts_megatron.config.loading import build_config
+
+        ours = [a for a in self.arms or [] if a in DEEPSPEED_ARMS]
+        if ours:
+            raise ValueError(f"arms {', '.join(ours)}: the DeepSpeed arms have no pipeline parallelism; leave them "
+                             f"out or set pipeline 1")
+        if world % (self.tensor * self.pipeline):
+            raise ValueError(f"tensor {self.tensor} x pipeline {self.pipeline} = {self.tensor * self.pipeline} does "
+                             f"not divide the {world} processes (--nproc-per-node)")
+        if (world // self.pipeline) % self.expert:
+            raise ValueError(f"expert {self.expert} does not divide the {world // self.pipeline} processes of a "
+                             f"pipeline stage")
+        layers = build_config({"model": self.preset}, "gts bench train").model.num_layers
+        if layers % self.pipeline:
+            raise ValueError(f"pipeline {self.pipeline} does not divide the {layers} layers of preset {self.preset}")
+
     @property
     def data_parallel(self) -> int:
         """Data-parallel size of the megatron arms (DeepSpeed's is the world size)."""
-        return self.nproc_per_node // self.tensor
+        return self.nproc_per_node // (self.tensor * self.pipeline)
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per data-parallel rank and step (what fills a pipeline)."""
+        return self.batch // (self.data_parallel * self.micro_batch_size)
 
     @property
     def batch(self) -> int:
@@ -101,7 +128,8 @@ class BenchTrainConfig(_Section):
     @property
     def arm_names(self) -> list[str]:
         """The arms to measure, in the order of :data:`ARMS`."""
-        wanted = self.arms or [a for a in ARMS if a != "gts-placement" or self.expert > 1]
+        wanted = self.arms or [a for a in ARMS if (a != "gts-placement" or self.expert > 1)
+                               and (a not in DEEPSPEED_ARMS or self.pipeline == 1)]
         return [a for a in ARMS if a in wanted]
 
 

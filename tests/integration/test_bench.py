@@ -87,6 +87,11 @@ def test_bench_train_refuses_meaningless_runs(tmp_path, flags, fragments):
     ({"arms": ["dense", "zero"]}, "--arms"),
     ({"arms": []}, "arms is empty"),
     ({"peak_tflops": 0}, "peak_tflops 0: a peak must be a positive number"),
+    ({"nproc_per_node": 2, "pipeline": 2, "arms": ["dense", "authors-zero"]},
+     "arms authors-zero: the DeepSpeed arms have no pipeline parallelism"),
+    ({"nproc_per_node": 3, "pipeline": 2}, "tensor 1 x pipeline 2 = 2 does not divide the 3 processes"),
+    ({"nproc_per_node": 2, "pipeline": 2, "expert": 2}, "expert 2 does not divide the 1 processes of a pipeline stage"),
+    ({"nproc_per_node": 3, "pipeline": 3}, "pipeline 3 does not divide the 4 layers of preset small"),
     ({"preset": "huge"}, "--preset: unknown preset 'huge'; valid presets: llama-1b, llama-70b, small, tiny"),
     ({"nproc_per_node": 2, "tensor": 2, "global_batch_size": 6, "micro_batch_size": 2},
      "global_batch_size 6 must be a multiple of micro_batch_size 2 x DeepSpeed data-parallel size 2"),
@@ -94,6 +99,23 @@ def test_bench_train_refuses_meaningless_runs(tmp_path, flags, fragments):
 def test_bench_train_options_refuse_impossible_layouts(values, fragment):
     with pytest.raises(GtsError, match=re.escape(fragment)):
         build_options(BenchTrainConfig, values)
+
+
+def test_bench_train_at_pp2_reports_the_idle_share_beside_tokens_per_s(tmp_path):
+    """Two pipeline stages (the MoE layer on the second): megatron's arms only, the expansion still
+    computes the dense function, and the schedule's idle share is measured beside the expected bubble."""
+    proc = run_gts("bench", "train", *TINY_BENCH, "--steps", "2", "--warmup", "0", "--nproc-per-node", "2",
+                   "--pipeline", "2", "--peak-tflops", "0.5")
+    result = last_json(proc.stdout)
+    arms = result["arms"]
+    assert list(arms) == ["dense", "gts-alltoall", "gts-group"] and result["options"]["pipeline"] == 2
+    assert result["micro_batches"] == 4 and result["expected_bubble"] == pytest.approx(1 / 5)
+    for name, arm in arms.items():
+        assert 0 < arm["schedule_idle"] < 1, name
+        assert arm["tokens_per_s"] == pytest.approx(result["tokens_per_step"] / arm["median_s"])
+    for name in ("gts-alltoall", "gts-group"):
+        assert arms[name]["first_loss"] == pytest.approx(arms["dense"]["first_loss"], rel=1e-5), name
+    assert "PP 2" in proc.stdout and "pipeline bubble expected (p - 1) / (m + p - 1) = 20%" in proc.stdout
 
 
 def test_bench_train_interrupted_reports_nothing(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -54,7 +55,8 @@ class MegatronArm:
         from gts_megatron.engine.optim import build_optimizer
         from gts_megatron.model.llama import build_model, transformer_config
         from gts_megatron.contracts.plan import moe_identity
-        from gts_megatron.train import build_gts_model, check_moe, gts_forward_step
+        from gts_megatron.contracts.preflight import check_moe
+        from gts_megatron.train import build_gts_model, gts_forward_step
 
         cfg = ws.run_config(name, dtype)
         placement, moe, groups = None, None, None
@@ -79,11 +81,12 @@ class MegatronArm:
             config.grad_scale_func = self.optimizer.scale_loss
         load_checkpoint(resolve_checkpoint(source), self.model, cfg.model, moe=moe)
         self.optimizer.reload_model_params()  # the master copies follow the loaded weights
-        self.name, self.cfg, self.runtime, self.samples = name, cfg, runtime, 0
+        self.name, self.cfg, self.runtime, self.samples, self.config = name, cfg, runtime, 0, config
         self.per_rank = cfg.train.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)
 
-    def step(self) -> tuple[float, float]:
-        """One optimizer step (forward, backward, update): (wall seconds, this rank's mean loss)."""
+    def step(self) -> tuple[float, Optional[float]]:
+        """One optimizer step (forward, backward, update): (wall seconds, this rank's mean loss;
+        None on a pipeline stage before the last, which computes no loss)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         from gts_megatron.engine.loop import micro_batches
@@ -104,11 +107,24 @@ class MegatronArm:
         sync(self.runtime.device)
         elapsed = time.perf_counter() - started
         self.samples += t.global_batch_size
-        return elapsed, float(torch.stack([r["loss"] for r in reports]).mean())
+        return elapsed, float(torch.stack([r["loss"] for r in reports]).mean()) if reports else None
 
     def watch(self, timer: ModuleTimer) -> None:
-        """Hook this arm's modules into ``timer``."""
+        """Hook this arm's modules into ``timer``, and megatron's own schedule timers into the
+        model's config (they synchronise the device: extra steps only)."""
+        from megatron.core.timers import Timers
+
         watch_modules(self.model, timer)
+        self.config.timers = Timers(log_level=2, log_option="max")
+
+    def schedule_idle(self) -> Optional[float]:
+        """The share of forward-backward this rank spent outside forward and backward compute
+        (waiting on pipeline neighbours: the bubble, and the sends themselves) since ``watch``,
+        from megatron's schedule timers, which are then detached."""
+        timers, self.config.timers = self.config.timers, None
+        total = timers("forward-backward").elapsed(reset=False)
+        compute = sum(timers(name).elapsed(reset=False) for name in ("forward-compute", "backward-compute"))
+        return max(0.0, 1.0 - compute / total) if total > 0 else None
 
     def close(self) -> None:
         """Nothing to release."""
@@ -163,7 +179,7 @@ class DeepSpeedArm:
         from gts_megatron.base.pretrain import build_dataset
         from gts_megatron.engine.loop import contiguous_order
         from gts_megatron.probe.deepspeed_engine import adamw, deepspeed_engine
-        from gts_megatron.train import check_moe
+        from gts_megatron.contracts.preflight import check_moe
 
         cfg = ws.run_config("gts-group")
         plan = check_moe(cfg)
@@ -229,6 +245,10 @@ class DeepSpeedArm:
     def watch(self, timer: ModuleTimer) -> None:
         """Hook this arm's modules into ``timer``."""
         watch_modules(self.engine.module, timer)
+
+    def schedule_idle(self) -> Optional[float]:
+        """None: DeepSpeed's steps here have no pipeline schedule."""
+        return None
 
     def close(self) -> None:
         """Release DeepSpeed's hooks and buffers."""

@@ -8,6 +8,7 @@ import gc
 import json
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,12 @@ def _reduce(values: list[float], device: torch.device, op) -> list[float]:
     return tensor.tolist()
 
 
+def _mean_over_ranks(value: Optional[float], runtime) -> float:
+    """The mean of ``value`` over the ranks that have one (a pipeline's last stages)."""
+    total, count = _reduce([value or 0.0, value is not None], runtime.device, dist.ReduceOp.SUM)
+    return total / count if count else float("nan")
+
+
 def _build_all(ws: Workspace, runtime, opts, names: list[str]) -> dict:
     """{arm name: (arm, peak tensor bytes, first step's loss)}, each arm built and stepped inside
     its memory window. The first loss, the mean over ranks, shows the arms start from the same
@@ -49,7 +56,7 @@ def _build_all(ws: Workspace, runtime, opts, names: list[str]) -> dict:
         gc.collect()  # earlier arms' garbage must not be freed inside this arm's window
         peak = peak_tensor_bytes(build_and_step, runtime.device)
         peak = _reduce([peak], runtime.device, dist.ReduceOp.MAX)[0]  # the fullest rank
-        loss = _reduce([holder["losses"][0]], runtime.device, dist.ReduceOp.SUM)[0] / runtime.env.world_size
+        loss = _mean_over_ranks(holder["losses"][0], runtime)
         arms[name] = (holder["arm"], int(peak), loss)
         _log(runtime, f"built {name} (peak tensor memory {peak / 2**20:.1f} MiB per rank; first loss {loss:.5f})")
     return arms
@@ -65,7 +72,7 @@ def _timed_steps(arms: dict, runtime, opts) -> dict[str, list[float]]:
         k = step % len(names)
         for name in names[k:] + names[:k]:
             seconds, loss = arms[name][0].step()
-            if not math.isfinite(loss):
+            if loss is not None and not math.isfinite(loss):
                 diverged = min(diverged, names.index(name))
             if step >= opts.warmup:
                 times[name].append(seconds)
@@ -81,19 +88,22 @@ def _timed_steps(arms: dict, runtime, opts) -> dict[str, list[float]]:
     return {name: _reduce(values, runtime.device, dist.ReduceOp.MAX) for name, values in times.items()}
 
 
-def _split(arm, runtime, steps: int) -> dict[str, float]:
-    """Seconds per step by module category, over ``steps`` extra hooked steps, mean over ranks."""
+def _split(arm, runtime, steps: int) -> tuple[dict[str, float], Optional[float]]:
+    """Over ``steps`` extra hooked steps, means over ranks: seconds per step by module category,
+    and the share of the schedule spent idle (None for arms without megatron's schedule)."""
     if steps == 0:
-        return {}
+        return {}, None
     timer = ModuleTimer(runtime.device)
     arm.watch(timer)
     try:
         total = sum(arm.step()[0] for _ in range(steps))
     finally:
         timer.close()
+        idle = arm.schedule_idle()
     split = time_split({k: v / steps for k, v in timer.seconds.items()}, total / steps)
     means = _reduce(list(split.values()), runtime.device, dist.ReduceOp.SUM)
-    return {k: v / runtime.env.world_size for k, v in zip(split, means)}
+    idle = None if idle is None else _mean_over_ranks(idle, runtime)
+    return {k: v / runtime.env.world_size for k, v in zip(split, means)}, idle
 
 
 def _peak_flops(runtime, opts) -> tuple[float, bool]:
@@ -122,14 +132,15 @@ def _summary(ws: Workspace, opts, runtime, times, arms_built: dict, splits, peak
         arms[name] = {**stats, "tokens_per_s": tokens / stats["median_s"],
                       "mfu": flops * tokens / stats["median_s"] / (peak * world),
                       "peak_memory_bytes": arms_built[name][0], "first_loss": arms_built[name][1],
-                      "split_s": splits.get(name, {})}
+                      "split_s": splits.get(name, ({}, None))[0], "schedule_idle": splits.get(name, ({}, None))[1]}
     if "dense" in arms:
         for entry in arms.values():
             entry["vs_dense"] = entry["tokens_per_s"] / arms["dense"]["tokens_per_s"]
     return {"benchmark": "train", "options": json.loads(opts.model_dump_json()),
             "device": runtime.device.type, "world_size": world, "dense_parameters": count_parameters(model),
             "gts_parameters": total, "gts_active_parameters": active, "moe_layers": sorted(plan.moe_layers),
-            "tokens_per_step": tokens, "flops_per_token": flops, "peak_flops_per_device": peak,
+            "tokens_per_step": tokens, "flops_per_token": flops, "micro_batches": opts.micro_batches,
+            "expected_bubble": (opts.pipeline - 1) / (opts.micro_batches + opts.pipeline - 1), "peak_flops_per_device": peak,
             "peak_measured": measured, "arms": arms, "ratios": ratios(arms), **machine()}
 
 

@@ -48,8 +48,8 @@ class Workspace:
                # one megatron parallel state serves every arm: experts split like the dense layers
                # (placement needs that; megatron-core's default before expert_tensor existed)
                # (the dense model has no experts to spread: megatron refuses EP without them)
-               "parallel": {"tensor": opts.tensor, "expert": 1 if arm == "dense" else opts.expert,
-                            "expert_tensor": opts.tensor},
+               "parallel": {"tensor": opts.tensor, "pipeline": opts.pipeline,
+                            "expert": 1 if arm == "dense" else opts.expert, "expert_tensor": opts.tensor},
                "data": {"kind": "indexed", "path": str(self.data)}}
         if arm != "dense":
             dispatcher = {"gts-alltoall": "alltoall"}.get(arm, "group")
