@@ -47,6 +47,9 @@ class BenchTrainConfig(_Section):
     tensor: int = Field(1, ge=1, description="tensor-parallel size of the megatron arms")
     pipeline: int = Field(1, ge=1, description="pipeline-parallel size of the megatron arms (megatron-core's 1F1B "
                                                "over each rank's micro-batches); the DeepSpeed arms have none")
+    pipeline_layers: Optional[list[int]] = Field(
+        None, description="transformer layers of each pipeline stage, first to last (the last stage also holds "
+                          "the output layer); null = an even split")
     expert: int = Field(1, ge=1, description="expert-parallel size of the MoE arms")
     dtype: Literal["fp32", "bf16"] = Field("fp32", description="training precision")
     peak_tflops: Optional[float] = Field(
@@ -71,7 +74,7 @@ class BenchTrainConfig(_Section):
         for name, size in (("tensor", self.tensor), ("expert", self.expert)):
             if world % size:
                 raise ValueError(f"{name} {size} does not divide the {world} processes (--nproc-per-node)")
-        if self.pipeline > 1:
+        if self.pipeline > 1 or self.pipeline_layers is not None:
             self._check_pipeline(world)
         if self.experts % self.expert:
             raise ValueError(f"expert {self.expert}: {self.experts} experts cannot be spread evenly over "
@@ -105,8 +108,14 @@ class BenchTrainConfig(_Section):
             raise ValueError(f"expert {self.expert} does not divide the {world // self.pipeline} processes of a "
                              f"pipeline stage")
         layers = build_config({"model": self.preset}, "gts bench train").model.num_layers
-        if layers % self.pipeline:
-            raise ValueError(f"pipeline {self.pipeline} does not divide the {layers} layers of preset {self.preset}")
+        if self.pipeline_layers is not None:
+            if len(self.pipeline_layers) != self.pipeline or min(self.pipeline_layers) < 1 or \
+                    sum(self.pipeline_layers) != layers:
+                raise ValueError(f"pipeline_layers {self.pipeline_layers} must give each of the {self.pipeline} "
+                                 f"stages at least one layer and sum to the {layers} layers of preset {self.preset}")
+        elif layers % self.pipeline:
+            raise ValueError(f"pipeline {self.pipeline} does not divide the {layers} layers of preset {self.preset}; "
+                             f"give pipeline_layers for an uneven split")
 
     @property
     def data_parallel(self) -> int:

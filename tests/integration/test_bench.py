@@ -92,6 +92,8 @@ def test_bench_train_refuses_meaningless_runs(tmp_path, flags, fragments):
     ({"nproc_per_node": 3, "pipeline": 2}, "tensor 1 x pipeline 2 = 2 does not divide the 3 processes"),
     ({"nproc_per_node": 2, "pipeline": 2, "expert": 2}, "expert 2 does not divide the 1 processes of a pipeline stage"),
     ({"nproc_per_node": 3, "pipeline": 3}, "pipeline 3 does not divide the 4 layers of preset small"),
+    ({"nproc_per_node": 2, "pipeline": 2, "pipeline_layers": [3, 2]},
+     "pipeline_layers [3, 2] must give each of the 2 stages at least one layer and sum to the 4 layers"),
     ({"preset": "huge"}, "--preset: unknown preset 'huge'; valid presets: llama-1b, llama-70b, small, tiny"),
     ({"nproc_per_node": 2, "tensor": 2, "global_batch_size": 6, "micro_batch_size": 2},
      "global_batch_size 6 must be a multiple of micro_batch_size 2 x DeepSpeed data-parallel size 2"),

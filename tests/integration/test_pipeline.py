@@ -1,9 +1,11 @@
 """Pipeline parallelism on real 2-process gloo runs: PP=2 reproduces one process for dense
 pretraining and both GtS stages (MoE layers on both pipeline stages, the group ids reaching each),
-a PP=2 checkpoint evaluates at PP=1 with the same perplexity, PP=2 x TP=2 trains."""
+checkpoints are layout-free (a PP=2 run resumes in one process and the reverse; a PP=2 checkpoint
+evaluates, expands, exports and adapts like a one-process one), PP=2 x TP=2 trains."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,10 @@ def pipeline_setup(gts_setup, tmp_path_factory) -> dict:
 
 
 def _weights(run: Path, out: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a run's last checkpoint by their layout-free name (each rank's RNG state aside)."""
-    last = sorted((run / "checkpoints").glob("iter_*"))[-1]
+    """The tensors of a run's (or a checkpoints folder's) last checkpoint by their layout-free
+    name (each rank's RNG state aside)."""
+    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    last = sorted(folder.glob("iter_*"))[-1]
     dcp_to_torch_save(last, out)
     loaded = torch.load(out, weights_only=True)
     return {k: v for k, v in loaded.items() if torch.is_tensor(v) and not k.startswith("rng_state")}
@@ -57,15 +61,27 @@ def test_two_pipeline_stages_match_one_process(pipeline_setup, tmp_path, stage):
         assert "router_loss" in got[0] and "valid_router_accuracy" in got[-1]
     # the trained weights and optimizer moments, tensor by tensor
     one, two = _weights(pipeline_setup["root"] / stage, tmp_path / "one.pt"), _weights(pp2, tmp_path / "two.pt")
-    assert sorted(one) == sorted(two) and any("layers.1.mlp.experts" in k for k in one) == (stage != "dense")
+    assert any("layers.1.mlp.experts" in k for k in one) == (stage != "dense")
+    assert_close(one, two)
+
+
+def assert_close(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
+    """The same tensor names, and values within 1e-5."""
+    assert sorted(one) == sorted(two)
     assert max(float((one[k].float() - two[k].float()).abs().max()) for k in one) <= 1e-5
 
 
-def test_a_pipeline_checkpoint_evaluates_alike_in_one_process(pipeline_setup, tmp_path):
-    pp2 = pipeline_setup["root"] / "pp2-group"
-    if not pp2.is_dir():  # run alone, without the comparison that trains it
-        command = pipeline_setup["args"]["group"]
+def _pp2_run(pipeline_setup, stage: str) -> Path:
+    """The PP=2 run of ``stage`` the comparison trained (trained here when a test runs alone)."""
+    pp2 = pipeline_setup["root"] / f"pp2-{stage}"
+    if not pp2.is_dir():
+        command = pipeline_setup["args"][stage]
         run_gts(command[0], "--run-dir", str(pp2), *command[1:], *PP2)
+    return pp2
+
+
+def test_a_pipeline_checkpoint_evaluates_alike_in_one_process(pipeline_setup, tmp_path):
+    pp2 = _pp2_run(pipeline_setup, "group")
     scores = {}
     for name, run in (("one", pipeline_setup["root"] / "group"), ("pp2", pp2)):
         run_gts("eval", "--checkpoint", str(run / "checkpoints"), "--data", str(pipeline_setup["data"]),
@@ -74,6 +90,59 @@ def test_a_pipeline_checkpoint_evaluates_alike_in_one_process(pipeline_setup, tm
     assert sorted(scores["one"]) == sorted(scores["pp2"]) and len(scores["one"]) == 4
     for lang, result in scores["one"].items():
         assert abs(scores["pp2"][lang]["perplexity"] - result["perplexity"]) <= 1e-4 * result["perplexity"]
+
+
+def test_a_run_resumes_across_layouts_one_process_to_pp2_and_back(pipeline_setup, tmp_path):
+    """Stage 1, steps 1-3 at one layout, 4-5 at the other: the losses of steps 4 and 5 are the
+    ones a run that stays in one process gets (the weights, Adam's moments and the data position
+    all cross the layout change)."""
+    stage = "group"
+    command = pipeline_setup["args"][stage]
+    runs = {"one": (pipeline_setup["root"] / stage, []), "pp2-to-one": (_pp2_run(pipeline_setup, stage), []),
+            "one-to-pp2": (pipeline_setup["root"] / stage, PP2)}
+    losses = {}
+    for name, (source, layout) in runs.items():
+        shutil.copytree(source, tmp_path / name)
+        proc = run_gts(command[0], "--run-dir", str(tmp_path / name), *command[1:], "--set", "train.steps=5", *layout)
+        assert "resumed from" in proc.stdout + proc.stderr
+        losses[name] = {m["step"]: m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m and m["step"] > 3}
+    assert sorted(losses["one"]) == [4, 5]
+    for name in ("pp2-to-one", "one-to-pp2"):
+        assert losses[name].keys() == losses["one"].keys()
+        for step, loss in losses["one"].items():
+            assert abs(losses[name][step] - loss) <= 1e-5, (name, step, losses[name][step], loss)
+
+
+def test_pipeline_checkpoints_expand_export_and_adapt_like_one_process_ones(pipeline_setup, tmp_path):
+    from safetensors.torch import load_file
+
+    root, data = pipeline_setup["root"], pipeline_setup["data"]
+    plan = json.loads((root / "plan.json").read_text())
+    for name, run in (("one", root / "dense"), ("pp2", _pp2_run(pipeline_setup, "dense"))):
+        run_gts("expand", "--dense", str(run / "checkpoints"), "--plan", str(root / "plan.json"),
+                "--out", str(tmp_path / f"moe-{name}"))
+    assert_close(_weights(tmp_path / "moe-one", tmp_path / "a.pt"), _weights(tmp_path / "moe-pp2", tmp_path / "b.pt"))
+    for name, run in (("one", root / "group"), ("pp2", _pp2_run(pipeline_setup, "group"))):
+        run_gts("export-hf", str(run / "checkpoints"), "--out", str(tmp_path / f"hf-{name}"))
+    hf = {name: load_file(tmp_path / f"hf-{name}" / "model.safetensors") for name in ("one", "pp2")}
+    assert any("experts" in k for k in hf["one"])
+    assert_close(hf["one"], hf["pp2"])
+    # a new language from a PP=2 stage-1 run of a plan without it
+    new, old = plan["languages"][-1], plan["languages"][:-1]
+    smaller = {**plan, "languages": old, "language_to_group": {k: plan["language_to_group"][k] for k in old}}
+    (tmp_path / "plan3.json").write_text(json.dumps(smaller))
+    run_gts("expand", "--dense", str(root / "dense" / "checkpoints"), "--plan", str(tmp_path / "plan3.json"),
+            "--out", str(tmp_path / "moe3"))
+    run_gts("train", "--stage", "group", "--config", TINY, "--run-dir", str(tmp_path / "stage1"),
+            *indexed_args(data), "--set", f"data.languages={json.dumps(old)}", *STEPS,
+            "--set", f"moe.plan={tmp_path / 'plan3.json'}", "--set", f"train.init_from={tmp_path / 'moe3'}", *PP2)
+    run_gts("adapt", "--checkpoint", str(tmp_path / "stage1"), "--lang", new, "--data", str(data), "--steps", "3",
+            "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4", "--window", "32",
+            "--out", str(tmp_path / "adapt"))
+    report = json.loads((tmp_path / "adapt" / "adapt.json").read_text())
+    assert json.loads((tmp_path / "adapt" / "plan.json").read_text())["language_to_group"][new] == plan["num_experts"]
+    for lang in old:  # the old languages' experts are frozen: they score exactly as before
+        assert report["old"][lang]["after"] == report["old"][lang]["before"]
 
 
 def test_stage_one_trains_at_pp2_by_tp2(pipeline_setup, tmp_path):

@@ -48,7 +48,7 @@ class Workspace:
                # one megatron parallel state serves every arm: experts split like the dense layers
                # (placement needs that; megatron-core's default before expert_tensor existed)
                # (the dense model has no experts to spread: megatron refuses EP without them)
-               "parallel": {"tensor": opts.tensor, "pipeline": opts.pipeline,
+               "parallel": {"tensor": opts.tensor, "pipeline": opts.pipeline, "pipeline_layers": opts.pipeline_layers,
                             "expert": 1 if arm == "dense" else opts.expert, "expert_tensor": opts.tensor},
                "data": {"kind": "indexed", "path": str(self.data)}}
         if arm != "dense":
