@@ -145,6 +145,23 @@ def test_pipeline_checkpoints_expand_export_and_adapt_like_one_process_ones(pipe
         assert report["old"][lang]["after"] == report["old"][lang]["before"]
 
 
+def test_placement_at_pp2_by_ep2_trains_as_at_ep2(pipeline_setup, tmp_path):
+    """Group-aware placement across pipeline stages: each EP rank of each stage reads its groups'
+    languages, so 4 processes (PP=2 x EP=2) train as the 2 of EP=2 alone do."""
+    command = pipeline_setup["args"]["group"]
+    placed = ["--set", "parallel.expert=2", "--set", "moe.placement=true", "--set", "train.steps=2"]
+    run_gts(command[0], "--run-dir", str(tmp_path / "ep2"), *command[1:], "--nproc-per-node", "2", *placed)
+    proc = run_gts(command[0], "--run-dir", str(tmp_path / "pp2-ep2"), *command[1:], "--nproc-per-node", "4",
+                   "--set", "parallel.pipeline=2", *placed, timeout=400)
+    assert "world 4 = TP 1 x PP 2 x DP 2 (EP 2)" in proc.stdout
+    want, have = read_metrics(tmp_path / "ep2"), read_metrics(tmp_path / "pp2-ep2")
+    assert [m["step"] for m in have] == [m["step"] for m in want]
+    for w, h in zip(want, have):
+        for key in ("loss", "router_loss", "router_accuracy", "grad_norm", "valid_loss"):
+            if key in w:
+                assert abs(h[key] - w[key]) <= 1e-5, (key, w, h)
+
+
 def test_stage_one_trains_at_pp2_by_tp2(pipeline_setup, tmp_path):
     command = pipeline_setup["args"]["group"]
     proc = run_gts(command[0], "--run-dir", str(tmp_path), *command[1:], "--nproc-per-node", "4",
