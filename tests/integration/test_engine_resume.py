@@ -82,11 +82,14 @@ from gts_megatron.engine.loop import StopRequest
 dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
 stop = StopRequest()
 threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
-deadline = time.time() + 5
+deadline, code = time.time() + 5, 3
 while time.time() < deadline:  # ranks agreeing back to back: the signal lands inside an all-reduce
     if stop.agreed(torch.device("cpu")):
-        sys.exit(0)
-sys.exit(3)
+        code = 0
+        break
+# gloo's threads must be joined before the interpreter exits, or C++ aborts the process (exit -6)
+dist.destroy_process_group()
+sys.exit(code)
 """
 
 
