@@ -151,6 +151,11 @@ def _gradient_megatron(run: ProbeRun, names: tuple[str, ...]) -> tuple[dict, dic
     return global_names(before, run_cfg), global_names(after, run_cfg)
 
 
+def _norm(deltas: list[torch.Tensor]) -> float:
+    """The L2 norm of several tensors taken together (in float64)."""
+    return float(torch.sqrt(sum((d.double() ** 2).sum() for d in deltas)))
+
+
 def _layer_summaries(cfg: ProbeConfig, before: dict, after: dict, num_layers: int) -> dict[int, tuple]:
     """{layer: (FFN delta norm, attention delta norm, FFN sketch or exact delta)} of the layers
     whose weights are in ``before`` (this rank's)."""
@@ -161,10 +166,9 @@ def _layer_summaries(cfg: ProbeConfig, before: dict, after: dict, num_layers: in
             continue
         ffn = [after[prefix + name] - before[prefix + name] for name in FFN]
         attention = [after[prefix + name] - before[prefix + name] for name in ATTENTION]
-        norm = lambda deltas: float(torch.sqrt(sum((d.double() ** 2).sum() for d in deltas)))  # noqa: E731
         vector = (torch.cat([d.reshape(-1) for d in ffn]).numpy() if cfg.exact
                   else sketch_tensors(ffn, cfg.sketch_size, cfg.seed).astype(np.float32))
-        summaries[layer] = (norm(ffn), norm(attention), vector)
+        summaries[layer] = (_norm(ffn), _norm(attention), vector)
     return summaries
 
 

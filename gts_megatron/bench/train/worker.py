@@ -128,11 +128,11 @@ def _summary(ws: Workspace, opts, runtime, times, arms_built: dict, splits, peak
     world = runtime.env.world_size
     arms = {}
     for name, values in times.items():
-        stats = spread(values)
+        stats, (split, idle) = spread(values), splits.get(name, ({}, None))
         arms[name] = {**stats, "tokens_per_s": tokens / stats["median_s"],
                       "mfu": flops * tokens / stats["median_s"] / (peak * world),
                       "peak_memory_bytes": arms_built[name][0], "first_loss": arms_built[name][1],
-                      "split_s": splits.get(name, ({}, None))[0], "schedule_idle": splits.get(name, ({}, None))[1]}
+                      "split_s": split, "schedule_idle": idle}
     if "dense" in arms:
         for entry in arms.values():
             entry["vs_dense"] = entry["tokens_per_s"] / arms["dense"]["tokens_per_s"]
