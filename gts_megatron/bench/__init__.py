@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import platform
 
+from gts_megatron.data.prepare import available_cores
+
 
 def machine() -> dict:
     """Where a figure was measured: usable cores and architecture (recorded with every result)."""
-    from gts_megatron.data.prepare import available_cores
-
     return {"cores": available_cores(), "machine": platform.machine()}
 
 

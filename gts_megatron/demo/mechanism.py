@@ -11,14 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from gts_megatron.config import MechanismConfig
+from gts_megatron.config import (ExperimentConfig, MechanismConfig, PlanConfig, ProbeConfig, SyntheticDataConfig,
+                                 build_config)
 from gts_megatron.errors import Interrupted
+from gts_megatron.contracts.checkpoint import finished_checkpoint
+from gts_megatron.data.families import write_synthetic
+from gts_megatron.plan.make import make_plan
 
 
 def _train_config(steps: int, data: Path):
     """The tiny model's training run on the planted data (the base's and every arm's)."""
-    from gts_megatron.config import build_config
-
     train = {"steps": steps, "micro_batch_size": 8, "global_batch_size": 16, "seq_length": 64, "lr": 3e-3,
              "min_lr": 3e-4, "warmup_steps": 10, "save_interval": 0, "eval_interval": 0, "log_interval": 50}
     return build_config({"model": "tiny", "train": train, "data": {"kind": "indexed", "path": str(data)}},
@@ -28,11 +30,7 @@ def _train_config(steps: int, data: Path):
 def run_mechanism(out: Path, recipe: MechanismConfig, log: Callable = print) -> dict:
     """Run (or resume) the planted-interference comparison in ``out``; returns its summary."""
     from gts_megatron.base.pretrain import pretrain
-    from gts_megatron.config import ExperimentConfig, PlanConfig, ProbeConfig, SyntheticDataConfig
-    from gts_megatron.data.families import write_synthetic
-    from gts_megatron.contracts.checkpoint import finished_checkpoint
     from gts_megatron.experiment import run_seeds
-    from gts_megatron.plan.make import make_plan
     from gts_megatron.probe.fleet import run_fleet
 
     data, base = out / "data", out / "base"

@@ -15,6 +15,7 @@ from typing import Callable
 from gts_megatron.artifacts import atomic_write_text, read_json
 from gts_megatron.errors import GtsError
 from gts_megatron.figures import pyplot, save_figure
+from gts_megatron.plan.families import adjusted_rand_index
 
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 
@@ -99,8 +100,6 @@ def _family_sentence(path: Path) -> str:
 
 
 def _planted_ari(mechanism: Path) -> float:
-    from gts_megatron.plan.families import adjusted_rand_index
-
     plan = read_json(mechanism / "plan" / "plan.json")
     families = read_json(mechanism / "data" / "manifest.json")["families"]
     names = sorted(families)

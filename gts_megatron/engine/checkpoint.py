@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Optional
 
 import numpy as np
@@ -32,7 +34,19 @@ from gts_megatron.contracts.checkpoint import (LATEST_FILE, CheckpointMeta, Chec
 from gts_megatron.contracts.plan import Plan, moe_identity
 from gts_megatron.errors import GtsError
 
-# model fields that decide parameter shapes: a checkpoint must agree on all of them
+# the training state of a checkpoint that starts a run (an expanded, imported or fresh model)
+STEP_ZERO = MappingProxyType({"step": 0, "consumed_samples": 0})
+
+
+@dataclass
+class Checkpointable:
+    """What a checkpoint saves and restores: a model built from ``config`` and, to resume training
+    (not only its weights), the model's optimizer and LR schedule."""
+
+    model: torch.nn.Module
+    config: ModelConfig
+    optimizer: Any = None
+    scheduler: Any = None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -65,16 +79,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _sharded_state(model, optimizer, scheduler, train_state, with_rng: bool, is_loading: bool):
-    model_sd = unwrap(model).sharded_state_dict()
+def _sharded_state(parts: Checkpointable, train_state: Optional[dict], with_rng: bool, is_loading: bool):
+    model_sd = unwrap(parts.model).sharded_state_dict()
     state: dict[str, Any] = {"model": model_sd}
-    if optimizer is not None:
+    if parts.optimizer is not None:
         # the distributed optimizer's default format (flattened ranges) cannot be written by the
         # torch_dist backend in megatron-core 0.16.1; "fully_reshardable" loads at any DP size
-        state["optimizer"] = optimizer.sharded_state_dict(
+        state["optimizer"] = parts.optimizer.sharded_state_dict(
             model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
+    if parts.scheduler is not None:
+        state["scheduler"] = parts.scheduler.state_dict()
     if train_state is not None:
         state["train_state"] = dict(train_state)
     if with_rng:  # one object per global rank: every rank has its own dropout streams
@@ -83,13 +97,13 @@ def _sharded_state(model, optimizer, scheduler, train_state, with_rng: bool, is_
     return state
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
-                    train_state: dict, model_config: ModelConfig, keep: int, moe: Optional[dict] = None,
-                    record: Optional[CheckpointRecord] = None) -> Path:
-    """Save a training checkpoint for ``step`` (collective: every rank calls it). Without an
-    optimizer and scheduler it holds the model weights only. ``moe`` (experts, MoE layers, plan
-    checksum) goes into meta.json for an MoE model; so does ``record``, what evaluation needs to
-    know about how the model was trained (stage, plan, tokenizer), and every file's SHA-256."""
+def save_checkpoint(ckpt_root: Path, parts: Checkpointable, train_state: dict,
+                    record: Optional[CheckpointRecord] = None, keep: int = 1) -> Path:
+    """Save a checkpoint at ``train_state["step"]`` (collective: every rank calls it) and keep the
+    newest ``keep``. Without an optimizer and scheduler it holds the model weights only. meta.json
+    records ``record``, what evaluation needs to know about how the model was trained (stage,
+    plan, tokenizer), the MoE layout of its plan, and every file's SHA-256."""
+    step = train_state["step"]
     name = f"iter_{step:07d}"
     final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
     is_main = dist.get_rank() == 0
@@ -99,7 +113,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
             shutil.rmtree(debris, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
-    state = _sharded_state(model, optimizer, scheduler, train_state, with_rng=True, is_loading=False)
+    state = _sharded_state(parts, train_state, with_rng=True, is_loading=False)
     try:
         dist_checkpointing.save(state, str(tmp))
     except BaseException as exc:
@@ -107,11 +121,13 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler,
         raise
     dist.barrier()
     if is_main:
+        record = record or CheckpointRecord()
         meta = CheckpointMeta(step=step, world_size=dist.get_world_size(),
                               tensor_parallel=parallel_state.get_tensor_model_parallel_world_size(),
                               expert_parallel=parallel_state.get_expert_model_parallel_world_size(),
-                              model=model_config, train_state=dict(train_state), moe=moe,
-                              files=file_checksums(tmp), **(record or CheckpointRecord()).model_dump())
+                              model=parts.config, train_state=dict(train_state),
+                              moe=moe_identity(record.plan) if record.plan else None,
+                              files=file_checksums(tmp), **record.model_dump())
         write_meta(tmp, meta)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -125,9 +141,8 @@ def write_moe_checkpoint(out: Path, model, model_config: ModelConfig, plan: Plan
                          tokenizer: Optional[TokenizerRecord]) -> Path:
     """Save a freshly built MoE model (by `gts expand` or `gts adapt`) as step 0 of ``out``: weights
     only, with its plan, so that stage 1 of training starts from it."""
-    return save_checkpoint(out, 0, model, None, None, {"step": 0, "consumed_samples": 0}, model_config, keep=1,
-                           moe=moe_identity(plan),
-                           record=CheckpointRecord(stage="expand", topk=1, plan=plan, tokenizer=tokenizer))
+    return save_checkpoint(out, Checkpointable(model, model_config), STEP_ZERO,
+                           CheckpointRecord(stage="expand", topk=1, plan=plan, tokenizer=tokenizer))
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:
@@ -147,25 +162,25 @@ def _have_apex_or_te() -> bool:
     return bool(getattr(distrib_optimizer, "HAVE_APEX_OR_TE", False))
 
 
-def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None,
-                    scheduler=None, moe: Optional[dict] = None) -> dict:
-    """Load ``path`` into the model (and optimizer, scheduler, RNG when given). Collective.
+def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = None) -> dict:
+    """Load ``path`` into the model (and optimizer, scheduler, RNG when ``parts`` has an
+    optimizer). Collective. An MoE model's checkpoint must match ``plan``'s experts and layers.
 
     Returns the saved training state ({"step", "consumed_samples", ...}). With only a model it is
     a weights-only load that works at any parallel layout; the RNG state is restored only when the
     world size is the one it was saved with.
     """
     meta = read_meta(path)
-    check_model_matches(path, meta, model_config, moe)
+    check_model_matches(path, meta, parts.config, moe_identity(plan) if plan else None)
     _verify_on_rank0(path, meta)
-    full = optimizer is not None
-    if full and _is_distributed_optimizer(optimizer) and not _have_apex_or_te():
+    full = parts.optimizer is not None
+    if full and _is_distributed_optimizer(parts.optimizer) and not _have_apex_or_te():
         raise GtsError(f"resuming {path} needs apex or TransformerEngine: megatron-core 0.16.1 cannot "
                        f"reload its distributed optimizer's state without them; start a new run with "
                        f"train.init_from={path} (weights only) instead")
     with_rng = full and meta.world_size == dist.get_world_size()
     train_state = meta.train_state if full else None
-    request = _sharded_state(model, optimizer, scheduler, train_state, with_rng, is_loading=True)
+    request = _sharded_state(parts, train_state, with_rng, is_loading=True)
     try:
         loaded = dist_checkpointing.load(request, str(path))
     except BaseException as exc:  # torch DCP's CheckpointException is a BaseException
@@ -174,15 +189,15 @@ def load_checkpoint(path: Path, model, model_config: ModelConfig, optimizer=None
         detail = (str(cause).strip().splitlines() or [""])[0][:200]
         raise GtsError(f"checkpoint {path} is unreadable or incomplete ({type(cause).__name__}"
                        f"{': ' + detail if detail else ''}); restore it or delete it to start over") from None
-    result = unwrap(model).load_state_dict(loaded["model"], strict=False)
+    result = unwrap(parts.model).load_state_dict(loaded["model"], strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing:
         raise GtsError(f"checkpoint {path} lacks {len(missing)} model tensors, e.g. {missing[0]}")
-    _refuse_non_finite(path, model)
+    _refuse_non_finite(path, parts.model)
     if full:
-        optimizer.load_state_dict(loaded["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(loaded["scheduler"])
+        parts.optimizer.load_state_dict(loaded["optimizer"])
+        if parts.scheduler is not None:
+            parts.scheduler.load_state_dict(loaded["scheduler"])
         if with_rng:
             _set_rng_state(loaded["rng"])
         return dict(loaded["train_state"])

@@ -1,6 +1,6 @@
 """The pieces of a training step on megatron-core that the trainer (engine/trainer.py) and the
 probes share: the LM forward step, megatron DDP, the order in which ranks read samples,
-micro-batches, validation over every held-out set, and the stop request that SIGTERM/SIGINT set.
+micro-batches, logging validation results, and the stop request that SIGTERM/SIGINT set.
 """
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed import finalize_model_grads
-from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from gts_megatron.config import RunConfig
-from gts_megatron.runtime.distributed import Runtime
 from gts_megatron.engine.metrics import RunLog
 
 Batch = dict[str, torch.Tensor]
@@ -131,31 +128,6 @@ class TrainResult:
     valid_losses: Optional[dict[str, float]] = None  # per validation set (per language)
     interrupted_by: Optional[int] = None
     checkpoint: Optional[Path] = None
-
-
-def evaluate(model, dataset, cfg: RunConfig, runtime: Runtime, forward_step: ForwardStep,
-             step_metrics: Callable[[], dict[str, float]] = dict) -> dict[str, dict]:
-    """Every reported metric (the loss, and ``step_metrics``: router loss and accuracy for GtS) on
-    each of the dataset's validation sets (one per language for multilingual data), over at most
-    ``train.eval_samples`` held-out sequences each: {set name: {metric: value}}. Collective."""
-    results = {}
-    model.eval()
-    for name, split, samples in dataset.eval_sets(cfg.train.eval_samples):
-        per_rank = samples // runtime.data
-        if per_rank == 0:
-            continue
-        mbs = min(cfg.train.micro_batch_size, per_rank)
-        per_rank -= per_rank % mbs
-        indices = contiguous_order(parallel_state.get_data_parallel_rank())(0, per_rank)
-        data = micro_batches(dataset, indices, mbs, runtime.device, split=split)
-        with torch.no_grad():
-            out = get_forward_backward_func()(
-                forward_step_func=lambda it, m: forward_step(next(it), m), data_iterator=data,
-                model=[model], num_microbatches=per_rank // mbs, seq_length=cfg.train.seq_length,
-                micro_batch_size=mbs, forward_only=True)
-        results[name] = {**mean_reports(out, runtime.device), **step_metrics()}
-    model.train()
-    return results
 
 
 def log_validation(log: RunLog, step: int, results: dict[str, dict]) -> Optional[float]:

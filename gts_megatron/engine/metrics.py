@@ -9,12 +9,15 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from gts_megatron.config import TrainConfig
+
 
 class RunLog:
     """Step metrics of one run directory, kept consistent across resumes."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int,
-                 tensorboard: bool, desc: str = "train"):
+    def __init__(self, run_dir: Path, enabled: bool, train: TrainConfig, start_step: int, desc: str = "train"):
+        """Only ``enabled`` (the main rank) writes; ``train`` gives the run's steps and whether it
+        logs to TensorBoard; ``start_step`` is the step the run continues from."""
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.writer = None
@@ -22,14 +25,14 @@ class RunLog:
         if not enabled:
             return
         self._truncate_after(start_step)  # steps logged after the checkpoint we resume from
-        if tensorboard:
+        if train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
         if sys.stderr.isatty():
-            self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step",
+            self.bar = tqdm(total=train.steps, initial=start_step, desc=desc, unit="step",
                             dynamic_ncols=True)
-        self.total_steps = total_steps
+        self.total_steps = train.steps
 
     def _truncate_after(self, step: int) -> None:
         """Keep the steps up to the one the run continues from; the steps after it (trained past

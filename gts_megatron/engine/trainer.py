@@ -20,8 +20,7 @@ from gts_megatron.contracts.checkpoint import CheckpointRecord
 from gts_megatron.contracts.checkpoint import LATEST_FILE, latest_checkpoint, resolve_checkpoint
 from gts_megatron.engine import checkpoint as ckpt
 from gts_megatron.engine.loop import (ForwardStep, SampleOrder, StopRequest, TrainResult, contiguous_order,
-                                      evaluate, lm_forward_step, log_validation, mean_reports, micro_batches,
-                                      wrap_ddp)
+                                      lm_forward_step, log_validation, mean_reports, micro_batches, wrap_ddp)
 from gts_megatron.engine.metrics import RunLog
 from gts_megatron.engine.optim import build_optimizer
 from gts_megatron.runtime.distributed import Runtime
@@ -36,8 +35,8 @@ class TrainSpec:
     dataset: object  # batch(indices, split) and eval_sets(samples), as data/ builds them
     forward_step: ForwardStep = lm_forward_step
     desc: str = "train"  # the progress display's label
-    moe: Optional[dict] = None  # an MoE model's layout; checkpoints record it and must agree with it
-    record: Optional[CheckpointRecord] = None  # into every checkpoint's meta.json (stage, plan, tokenizer)
+    # into every checkpoint's meta.json (stage, plan, tokenizer); an MoE model's checkpoints must match its plan
+    record: Optional[CheckpointRecord] = None
     save: bool = True  # False: nothing under checkpoints/ (probes keep only what they measure)
     order: Optional[SampleOrder] = None  # each rank's training samples; default contiguous_order
     on_step_start: Callable[[int], None] = field(default=lambda step: None)  # steps done so far
@@ -75,15 +74,13 @@ class Trainer:
         model as built; then open the run's log at the step it continues from."""
         self.resumed_from = latest_checkpoint(self.ckpt_root)
         if self.resumed_from is not None:
-            self.state = ckpt.load_checkpoint(self.resumed_from, self.model, self.cfg.model, self.optimizer,
-                                              self.scheduler, moe=self.spec.moe)
+            self.state = ckpt.load_checkpoint(self.resumed_from, self._checkpointable(), self._plan())
             self.last_saved = self.state["step"]
         elif self.t.init_from:
-            ckpt.load_checkpoint(resolve_checkpoint(Path(self.t.init_from)), self.model, self.cfg.model,
-                                 moe=self.spec.moe)
+            ckpt.load_checkpoint(resolve_checkpoint(Path(self.t.init_from)),
+                                 ckpt.Checkpointable(self.model, self.cfg.model), self._plan())
             self.optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
-        self.log = RunLog(self.run_dir, self.runtime.is_main, self.t.steps, self.state["step"], self.t.tensorboard,
-                          self.spec.desc)
+        self.log = RunLog(self.run_dir, self.runtime.is_main, self.t, self.state["step"], self.spec.desc)
         if self.resumed_from is not None:
             if not (self.ckpt_root / LATEST_FILE).is_file():
                 self.log.message(f"{self.ckpt_root / LATEST_FILE} is missing: recovered the newest complete "
@@ -119,18 +116,46 @@ class Trainer:
     def evaluate(self) -> tuple[Optional[float], dict[str, dict]]:
         """Validation on every held-out set, logged: (mean loss, per-set results)."""
         self.spec.on_step_start(self.state["step"])
-        results = evaluate(self.model, self.spec.dataset, self.cfg, self.runtime, self.spec.forward_step,
-                           self.spec.step_metrics)
+        results = self._validation_results()
         return log_validation(self.log, self.state["step"], results), results
+
+    def _validation_results(self) -> dict[str, dict]:
+        """Every reported metric (the loss, and the spec's step metrics: router loss and accuracy
+        for GtS) on each of the dataset's validation sets (one per language for multilingual
+        data), over at most ``train.eval_samples`` held-out sequences each. Collective."""
+        results, t = {}, self.t
+        self.model.eval()
+        for name, split, samples in self.spec.dataset.eval_sets(t.eval_samples):
+            per_rank = samples // self.runtime.data
+            if per_rank == 0:
+                continue
+            mbs = min(t.micro_batch_size, per_rank)
+            per_rank -= per_rank % mbs
+            indices = contiguous_order(parallel_state.get_data_parallel_rank())(0, per_rank)
+            data = micro_batches(self.spec.dataset, indices, mbs, self.runtime.device, split=split)
+            with torch.no_grad():
+                out = get_forward_backward_func()(
+                    forward_step_func=lambda it, m: self.spec.forward_step(next(it), m), data_iterator=data,
+                    model=[self.model], num_microbatches=per_rank // mbs, seq_length=t.seq_length,
+                    micro_batch_size=mbs, forward_only=True)
+            results[name] = {**mean_reports(out, self.runtime.device), **self.spec.step_metrics()}
+        self.model.train()
+        return results
 
     # -- checkpoint --------------------------------------------------------------------------
     def checkpoint(self) -> Path:
         """Save the model, optimizer, schedule and training state at the current step."""
-        path = ckpt.save_checkpoint(self.ckpt_root, self.state["step"], self.model, self.optimizer, self.scheduler,
-                                    self.state, self.cfg.model, self.t.keep_checkpoints, moe=self.spec.moe,
-                                    record=self.spec.record)
+        path = ckpt.save_checkpoint(self.ckpt_root, self._checkpointable(), self.state, self.spec.record,
+                                    self.t.keep_checkpoints)
         self.last_saved = self.state["step"]
         return path
+
+    def _checkpointable(self) -> ckpt.Checkpointable:
+        return ckpt.Checkpointable(self.model, self.cfg.model, self.optimizer, self.scheduler)
+
+    def _plan(self):
+        """An MoE model's plan: its checkpoints must match its experts and layers."""
+        return self.spec.record.plan if self.spec.record else None
 
     def _checkpoint_due(self, interrupted: bool) -> bool:
         step = self.state["step"]

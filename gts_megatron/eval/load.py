@@ -11,13 +11,13 @@ import torch
 from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.data.manifest import Manifest
 from gts_megatron.contracts.checkpoint import META_FILE, CheckpointMeta, read_meta
-from gts_megatron.engine.checkpoint import load_checkpoint
+from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint
 from gts_megatron.contracts.checkpoint import LATEST_FILE, resolve_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import build_moe_model
 from gts_megatron.model.llama import build_model, transformer_config
 from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
-from gts_megatron.contracts.plan import Plan, moe_identity
+from gts_megatron.contracts.plan import Plan
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -102,10 +102,10 @@ class TrainedModel:
         parallel = ParallelConfig()
         if self.plan is None:
             model = build_model(self.config, transformer_config(self.config, parallel))
-            load_checkpoint(self.path, model, self.config)
+            load_checkpoint(self.path, Checkpointable(model, self.config))
         else:
             moe = MoEConfig(plan=str(self.path), stage=routing, topk=self.topk(routing))
             model, _ = build_moe_model(self.config, parallel, moe, self.plan)
-            load_checkpoint(self.path, model, self.config, moe=moe_identity(self.plan))
+            load_checkpoint(self.path, Checkpointable(model, self.config), self.plan)
         model.eval()
         return model

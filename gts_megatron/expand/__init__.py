@@ -19,7 +19,7 @@ import torch
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config import MoEConfig, ParallelConfig
 from gts_megatron.contracts.checkpoint import read_meta
-from gts_megatron.engine.checkpoint import load_checkpoint, unwrap, write_moe_checkpoint
+from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint, unwrap, write_moe_checkpoint
 from gts_megatron.contracts.checkpoint import resolve_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model import state_names
@@ -74,7 +74,7 @@ def expand(dense: Path, plan_path: Path, out: Path, seed: int = 1234, log=print)
         if runtime.env.world_size != 1:
             raise GtsError("gts expand runs in one process; its checkpoint loads at any layout afterwards")
         dense_model = build_model(model_cfg, transformer_config(model_cfg, parallel))
-        load_checkpoint(dense, dense_model, model_cfg)
+        load_checkpoint(dense, Checkpointable(dense_model, model_cfg))
         moe_cfg = MoEConfig(plan=str(plan_path), stage="group")
         moe_model, _ = build_moe_model(model_cfg, parallel, moe_cfg, plan)
         with torch.no_grad():

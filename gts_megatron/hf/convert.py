@@ -24,6 +24,7 @@ from gts_megatron.hf.gts_export import export_gts
 from gts_megatron.hf.logits import hf_logits, megatron_logits
 from gts_megatron.model.sizes import count_parameters
 from gts_megatron.hf.weights import hf_to_megatron, megatron_to_hf, read_safetensors, write_safetensors
+from gts_megatron.data.tokenizer import Tokenizer
 
 # files of an HF folder that travel with the weights (tokenizer and generation settings)
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -34,8 +35,6 @@ _DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 def _tokenizer_record(folder: Path, log) -> Optional[dict]:
     """The tokenizer identity the data pipeline checks (as `gts data prepare --tokenizer` makes it)."""
-    from gts_megatron.data.tokenizer import Tokenizer
-
     for name in ("tokenizer.json", "tokenizer.model"):
         if (folder / name).is_file():
             eos = None
@@ -76,7 +75,7 @@ def import_hf(cfg: ImportHfConfig, log=print) -> dict:
     state = hf_to_megatron(read_safetensors(src), model_cfg, str(src))
     tokenizer = _tokenizer_record(src, log)
     # megatron is imported only now: bad input above fails fast
-    from gts_megatron.engine.checkpoint import save_checkpoint
+    from gts_megatron.engine.checkpoint import STEP_ZERO, Checkpointable, save_checkpoint
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
     log(f"importing {arch} from {src}: {model_cfg.num_layers} layers, hidden {model_cfg.hidden_size}, "
@@ -97,9 +96,9 @@ def import_hf(cfg: ImportHfConfig, log=print) -> dict:
                 if (src / name).is_file():
                     shutil.copy2(src / name, files / name)
             (files / "config.json").write_text(json.dumps(hf, indent=2))
-            save_checkpoint(tmp, 0, model, None, None, {"step": 0, "consumed_samples": 0}, model_cfg, keep=1,
-                            record=CheckpointRecord(stage="import", tokenizer=tokenizer,
-                                                    hf={"architecture": arch, "source": summary["source"]}))
+            save_checkpoint(tmp, Checkpointable(model, model_cfg), STEP_ZERO,
+                            CheckpointRecord(stage="import", tokenizer=tokenizer,
+                                             hf={"architecture": arch, "source": summary["source"]}))
             model_yaml = yaml.safe_dump({"model": model_cfg.model_dump(mode="json")}, sort_keys=False)
             (tmp / "config.yaml").write_text(model_yaml)
     finally:

@@ -46,7 +46,7 @@ def train_with_deepspeed(run, names: tuple[str, ...]) -> tuple[dict, dict]:
     import deepspeed
 
     from gts_megatron.base.pretrain import build_dataset
-    from gts_megatron.engine.checkpoint import load_checkpoint, unwrap
+    from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint, unwrap
     from gts_megatron.engine.loop import micro_batches
     from gts_megatron.model.llama import build_model, transformer_config
     from gts_megatron.model.torch_llama import from_megatron_state
@@ -54,7 +54,7 @@ def train_with_deepspeed(run, names: tuple[str, ...]) -> tuple[dict, dict]:
     cfg, run_cfg, model_cfg, rt, run_dir = run.cfg, run.run_cfg, run.model_cfg, run.runtime, run.work_dir
     t = run_cfg.train
     megatron_model = build_model(model_cfg, transformer_config(model_cfg, run_cfg.parallel))
-    load_checkpoint(run.base, megatron_model, model_cfg)
+    load_checkpoint(run.base, Checkpointable(megatron_model, model_cfg))
     model = from_megatron_state(model_cfg, unwrap(megatron_model).state_dict())
     del megatron_model
     before = {n: p.detach().float().clone() for n, p in model.named_parameters() if n.endswith(names)}

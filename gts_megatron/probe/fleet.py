@@ -21,6 +21,7 @@ from typing import Optional
 from gts_megatron.config import ProbeConfig
 from gts_megatron.errors import GtsError
 from gts_megatron.probe.run import base_model, probe_inputs
+from gts_megatron.data.prepare import available_cores
 
 CONNECT_TIMEOUT_S = 10
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its task names
@@ -128,7 +129,6 @@ def run_fleet(cfg: ProbeConfig, store: Path, log=print, timings: Optional[dict] 
     ``timings``, if given, receives the seconds spent connecting to Ray and each probe's own time."""
     import ray
 
-    from gts_megatron.data.prepare import available_cores
 
     _, meta, model = base_model(cfg)
     languages = _checked_languages(cfg, model)

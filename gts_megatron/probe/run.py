@@ -26,12 +26,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig
-from gts_megatron.contracts.checkpoint import CheckpointMeta, read_meta
+from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig, build_config
+from gts_megatron.contracts.checkpoint import CheckpointMeta, read_meta, resolve_checkpoint
 from gts_megatron.errors import GtsError
 from gts_megatron.model.state_names import FFN_WEIGHTS, layer_prefix
 from gts_megatron.probe.sketch import sketch_tensors
-from gts_megatron.probe.store import ProbeResult, SketchInfo, write_probe
+from gts_megatron.probe.store import ProbeResult, SketchInfo, read_probe, write_probe
+from gts_megatron.runtime.launch import launch_local
 
 FFN = FFN_WEIGHTS
 ATTENTION = ("self_attention.linear_qkv.weight", "self_attention.linear_proj.weight")
@@ -61,8 +62,6 @@ def probe_inputs(cfg: ProbeConfig, base_meta: CheckpointMeta) -> dict:
 
 def base_model(cfg: ProbeConfig) -> tuple[Path, CheckpointMeta, ModelConfig]:
     """The base checkpoint, its meta and its model config; an MoE checkpoint is refused."""
-    from gts_megatron.contracts.checkpoint import resolve_checkpoint
-
     path = resolve_checkpoint(Path(cfg.base))
     meta = read_meta(path)
     if meta.moe is not None:
@@ -72,8 +71,6 @@ def base_model(cfg: ProbeConfig) -> tuple[Path, CheckpointMeta, ModelConfig]:
 
 def probe_run_config(cfg: ProbeConfig, model: ModelConfig, language: str) -> RunConfig:
     """The training run a probe is: the paper's optimiser settings on one language."""
-    from gts_megatron.config import build_config
-
     train = {"steps": cfg.steps, "lr": cfg.lr, "min_lr": 0.0, "warmup_steps": 0, "lr_decay": "linear",
              "weight_decay": 0.0, "micro_batch_size": cfg.micro_batch_size, "global_batch_size": cfg.sequences_per_step,
              "seq_length": cfg.seq_length, "seed": cfg.seed, "eval_samples": 0, "tensorboard": False,
@@ -85,12 +82,12 @@ def probe_run_config(cfg: ProbeConfig, model: ModelConfig, language: str) -> Run
 
 def _megatron_model(run_cfg: RunConfig, model_cfg: ModelConfig, base: Path):
     """This rank's share of the dense base (its pipeline stage's layers), loaded, and its config."""
-    from gts_megatron.engine.checkpoint import load_checkpoint
+    from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint
     from gts_megatron.model.llama import build_model, transformer_config
 
     config = transformer_config(run_cfg.model, run_cfg.parallel)
     model = build_model(run_cfg.model, config)
-    load_checkpoint(base, model, model_cfg)
+    load_checkpoint(base, Checkpointable(model, model_cfg))
     return model, config
 
 
@@ -185,9 +182,6 @@ def _gathered(summaries: dict[int, tuple], runtime) -> dict[int, tuple]:
 
 def _in_pipeline_processes(cfg: ProbeConfig, language: str, store: Path) -> Optional[ProbeResult]:
     """Run this probe in ``cfg.pipeline`` local processes (:mod:`.worker`); its result from the store."""
-    from gts_megatron.probe.store import read_probe
-    from gts_megatron.runtime.launch import launch_local
-
     with tempfile.TemporaryDirectory(prefix=f"probe-{language}-") as tmp:
         options = Path(tmp) / "probe.json"
         options.write_text(cfg.model_dump_json())

@@ -26,7 +26,7 @@ from gts_megatron.engine.session import training_session
 from gts_megatron.model.gts import ROUTING, build_moe_model, handover_share
 from gts_megatron.model.sizes import moe_parameter_counts
 from gts_megatron.contracts.preflight import check_moe
-from gts_megatron.contracts.plan import Plan, moe_identity
+from gts_megatron.contracts.plan import Plan
 
 
 def gts_forward_step(batch, model):
@@ -75,7 +75,7 @@ def train_stage(cfg: RunConfig, run_dir: Path,
         ROUTING.reset()
         try:
             return train(cfg, run_dir, runtime, TrainSpec(
-                model, config, dataset, gts_forward_step, desc=f"train/{cfg.moe.stage}", moe=moe_identity(plan),
+                model, config, dataset, gts_forward_step, desc=f"train/{cfg.moe.stage}",
                 record=record, order=order, step_metrics=router_metrics(config, runtime.device),
                 on_step_start=lambda step: setattr(ROUTING, "handover", handover_share(step, handover_steps))))
         finally:

@@ -93,7 +93,7 @@ import sys
 from pathlib import Path
 import torch
 from gts_megatron.config import ParallelConfig, load_config
-from gts_megatron.engine.checkpoint import save_checkpoint
+from gts_megatron.engine.checkpoint import Checkpointable, save_checkpoint
 from gts_megatron.model.llama import build_model, transformer_config
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
@@ -102,7 +102,7 @@ init_runtime(ParallelConfig(), 1)
 model = build_model(cfg.model, transformer_config(cfg.model, ParallelConfig()))
 with torch.no_grad():
     next(model.parameters())[0, 0] = float("nan")
-save_checkpoint(Path(sys.argv[2]), 3, model, None, None, {"step": 3, "consumed_samples": 0}, cfg.model, keep=1)
+save_checkpoint(Path(sys.argv[2]), Checkpointable(model, cfg.model), {"step": 3, "consumed_samples": 0})
 shutdown_runtime()
 """
 

@@ -21,10 +21,9 @@ def megatron_single():
 def load_models(setup, stage="group", router_loss_weight=1.28):
     """The dense base and the expanded model, loaded from the setup's checkpoints."""
     from gts_megatron.config import load_config
-    from gts_megatron.engine.checkpoint import load_checkpoint
+    from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint
     from gts_megatron.contracts.checkpoint import resolve_checkpoint
     from gts_megatron.model.llama import build_model, transformer_config
-    from gts_megatron.contracts.plan import moe_identity
     from gts_megatron.contracts.preflight import check_moe
     from gts_megatron.train import build_gts_model
 
@@ -32,9 +31,9 @@ def load_models(setup, stage="group", router_loss_weight=1.28):
                              f"moe.router_loss_weight={router_loss_weight}"])
     plan = check_moe(cfg)
     dense = build_model(cfg.model, transformer_config(cfg.model, cfg.parallel))
-    load_checkpoint(setup["base"], dense, cfg.model)
+    load_checkpoint(setup["base"], Checkpointable(dense, cfg.model))
     moe, _ = build_gts_model(cfg, plan)
-    load_checkpoint(resolve_checkpoint(setup["moe"]), moe, cfg.model, moe=moe_identity(plan))
+    load_checkpoint(resolve_checkpoint(setup["moe"]), Checkpointable(moe, cfg.model), plan)
     return cfg, plan, dense, moe
 
 

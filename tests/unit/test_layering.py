@@ -125,3 +125,68 @@ def test_no_function_is_over_60_lines():
                 if node.end_lineno - first + 1 > 60:
                     long.append(f"{_module_name(path)}.{node.name}: {node.end_lineno - first + 1} lines")
     assert not long, long
+
+
+# what may be imported inside a function instead of at the top: a module whose import pulls in one
+# of these (seconds of start-up that `gts --help`, the preflight and the Ray driver must not pay)
+HEAVY = {"torch", "megatron", "ray", "deepspeed", "transformers", "matplotlib"}
+# `gts --help` runs these and imports nothing of the package beyond cli/ and errors, and no
+# pydantic (tests/unit/test_cli_registry.py): they defer every other import
+HELP_PATH = {"gts_megatron.cli.main", "gts_megatron.cli.registry", "gts_megatron.cli.flags"}
+
+
+def _top_level_imports(path: Path, module: str) -> set[str]:
+    """What the module imports when it is imported: its body's imports, under if/try included."""
+    names, body = set(), list(ast.parse(path.read_text()).body)
+    while body:
+        node = body.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            body += node.body + node.orelse + getattr(node, "handlers", []) + getattr(node, "finalbody", [])
+        elif isinstance(node, ast.ExceptHandler):
+            body += node.body
+        names.update(_imported(node, module, path.name == "__init__.py"))
+    return names
+
+
+def heavy_modules() -> set[str]:
+    """The package's modules whose import (transitively, at the top level) reaches a HEAVY package."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {m: _top_level_imports(p, m) for m, p in files.items()}
+    heavy = {m for m, names in edges.items() if any(n.split(".")[0] in HEAVY for n in names)}
+    changed = True
+    while changed:  # a module is heavy when it imports a heavy one, or its package is heavy
+        changed = False
+        for module, names in edges.items():
+            parents = {module.rsplit(".", i)[0] for i in range(1, module.count("."))}
+            if module not in heavy and (names | parents) & heavy:
+                heavy.add(module)
+                changed = True
+    return heavy
+
+
+def test_imports_inside_functions_are_only_of_heavy_modules():
+    """Issue 22: an import is at the top of its module unless it would load torch, megatron, Ray,
+    DeepSpeed, transformers or matplotlib, which the commands that do not need them must not pay for."""
+    files, heavy = {_module_name(p): p for p in PACKAGE.rglob("*.py")}, heavy_modules()
+    light = []
+    for module, path in files.items():
+        if module in HELP_PATH:
+            continue
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                names = _imported(node, module, path.name == "__init__.py")
+                internal = [n for n in names if n in files]
+                if names[0].startswith("gts_megatron") and not any(n in heavy for n in internal):
+                    light.append(f"{module}.{function.name} (line {node.lineno}): {names[0]}")
+    assert not light, "imports of light modules inside functions (move them to the top):\n" + "\n".join(light)
+
+
+def test_the_heavy_module_finder_follows_imports():
+    heavy = heavy_modules()
+    assert "gts_megatron.engine.trainer" in heavy  # imports megatron itself
+    assert "gts_megatron.train" in heavy  # through the engine
+    assert "gts_megatron.errors" not in heavy and "gts_megatron.cli.registry" not in heavy

@@ -18,6 +18,8 @@ from pathlib import Path
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config.bench import BenchTrainConfig
 from gts_megatron.errors import WorkersFailed
+from gts_megatron.bench.train.workspace import prepare, read_result
+from gts_megatron.runtime.launch import launch_local
 
 
 def bench_train(opts: BenchTrainConfig, log=print) -> dict:
@@ -25,9 +27,7 @@ def bench_train(opts: BenchTrainConfig, log=print) -> dict:
     processes, and return the result (also written to ``opts.out`` when set)."""
     import json
 
-    from gts_megatron.bench.train.workspace import prepare, read_result
     from gts_megatron.bench.train.worker import run_worker
-    from gts_megatron.runtime.launch import launch_local
 
     work_dir = Path(opts.work_dir) if opts.work_dir else None
     if work_dir is not None:

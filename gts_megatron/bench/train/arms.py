@@ -23,6 +23,8 @@ from gts_megatron.bench.train.measure import ModuleTimer, sync
 from gts_megatron.bench.train.workspace import Workspace
 from gts_megatron.config.bench import DEEPSPEED_ARMS
 from gts_megatron.runtime.distributed import Runtime
+from gts_megatron.contracts.checkpoint import resolve_checkpoint
+from gts_megatron.data.placement import Placement
 
 AUX_LOSS_COEFF = 0.01  # DeepSpeed-MoE's load-balancing loss weight (megatron's default for learned routing)
 
@@ -48,25 +50,22 @@ class MegatronArm:
         from megatron.core import parallel_state
 
         from gts_megatron.base.pretrain import build_dataset
-        from gts_megatron.data.placement import Placement
-        from gts_megatron.engine.checkpoint import load_checkpoint
-        from gts_megatron.contracts.checkpoint import resolve_checkpoint
+        from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint
         from gts_megatron.engine.loop import contiguous_order, lm_forward_step, wrap_ddp
         from gts_megatron.engine.optim import build_optimizer
         from gts_megatron.model.llama import build_model, transformer_config
-        from gts_megatron.contracts.plan import moe_identity
         from gts_megatron.contracts.preflight import check_moe
         from gts_megatron.train import build_gts_model, gts_forward_step
 
         cfg = ws.run_config(name, dtype)
-        placement, moe, groups = None, None, None
+        placement, plan, groups = None, None, None
         if name == "dense":
             config = transformer_config(cfg.model, cfg.parallel)
             model, self.forward_step, source = build_model(cfg.model, config), lm_forward_step, ws.dense
         else:
             plan = check_moe(cfg)
             (model, config), self.forward_step, source = build_gts_model(cfg, plan), gts_forward_step, ws.gts
-            moe, groups = moe_identity(plan), plan.language_to_group
+            groups = plan.language_to_group
             if cfg.moe.placement:
                 placement = Placement(plan.expert_of_language(), plan.num_experts, cfg.parallel.expert)
         self.dataset = build_dataset(cfg, ws.root / "runs" / name, groups, placement)
@@ -79,7 +78,7 @@ class MegatronArm:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.train, cfg.model, cfg.parallel)
         if config.bf16:
             config.grad_scale_func = self.optimizer.scale_loss
-        load_checkpoint(resolve_checkpoint(source), self.model, cfg.model, moe=moe)
+        load_checkpoint(resolve_checkpoint(source), Checkpointable(self.model, cfg.model), plan)
         self.optimizer.reload_model_params()  # the master copies follow the loaded weights
         self.name, self.cfg, self.runtime, self.samples, self.config = name, cfg, runtime, 0, config
         self.per_rank = cfg.train.global_batch_size // cfg.data_parallel_size(runtime.env.world_size)

@@ -20,6 +20,8 @@ from gts_megatron.bench.train.measure import (ModuleTimer, flops_per_token, meas
                                               spread, time_split)
 from gts_megatron.bench.train.workspace import Workspace
 from gts_megatron.errors import GtsError
+from gts_megatron.contracts.plan import load_plan
+from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
 
 MEMORY_STEPS = 2  # steps inside the memory window: the second holds optimizer state and activations
 
@@ -118,9 +120,6 @@ def _peak_flops(runtime, opts) -> tuple[float, bool]:
 
 def _summary(ws: Workspace, opts, runtime, times, arms_built: dict, splits, peak, measured) -> dict:
     """The result: per arm (``arms_built``: {name: (peak memory, first loss)}) and ratios."""
-    from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
-    from gts_megatron.contracts.plan import load_plan
-
     model, plan = ws.run_config("dense").model, load_plan(ws.plan)
     total, active = moe_parameter_counts(model, plan, topk=1)
     tokens = opts.batch * opts.seq_length

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.bench import quiet
-from gts_megatron.config import ExportHfConfig, RunConfig, SyntheticDataConfig, build_config
+from gts_megatron.config import ExportHfConfig, ParallelConfig, RunConfig, SyntheticDataConfig, build_config
 from gts_megatron.config.bench import DEEPSPEED_ARMS, BenchTrainConfig
 from gts_megatron.contracts.plan import Plan, write_plan
+from gts_megatron.data.families import write_synthetic
 
 OPTIONS_FILE = "bench.json"
 RESULT_FILE = "result.json"
@@ -61,9 +62,7 @@ class Workspace:
 
 def prepare(opts: BenchTrainConfig, root: Path, log) -> Workspace:
     """Write the workspace for ``opts`` into the empty folder ``root``. Runs in one process."""
-    from gts_megatron.config import ParallelConfig
-    from gts_megatron.data.families import write_synthetic
-    from gts_megatron.engine.checkpoint import save_checkpoint
+    from gts_megatron.engine.checkpoint import STEP_ZERO, Checkpointable, save_checkpoint
     from gts_megatron.expand import expand
     from gts_megatron.model.llama import build_model, transformer_config
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
@@ -83,7 +82,7 @@ def prepare(opts: BenchTrainConfig, root: Path, log) -> Workspace:
     init_runtime(parallel, opts.seed)
     try:
         dense = build_model(model, transformer_config(model, parallel))
-        save_checkpoint(ws.dense, 0, dense, None, None, {"step": 0, "consumed_samples": 0}, model, keep=1)
+        save_checkpoint(ws.dense, Checkpointable(dense, model), STEP_ZERO)
     finally:
         shutdown_runtime()
     expand(ws.dense, ws.plan, ws.gts, seed=opts.seed, log=quiet)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gts_megatron.bench.data import bench_data, report as data_report
+from gts_megatron.bench.layout import bench_layout, report as layout_report
+from gts_megatron.bench.plan import bench_plan, report as plan_report
+from gts_megatron.bench.probes import bench_probes, report as probes_report
+from gts_megatron.bench.stability import probe_stability, report as stability_report
+from gts_megatron.bench.train import bench_train
+
 
 def _work_dir(args: argparse.Namespace):
     return Path(args.work_dir) if args.work_dir else None
@@ -16,9 +23,7 @@ def data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def data(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.bench.data import bench_data, report
-
-    print(report(bench_data(_work_dir(args), args.include_restricted)))
+    print(data_report(bench_data(_work_dir(args), args.include_restricted)))
     return 0
 
 
@@ -32,7 +37,6 @@ def train(args: argparse.Namespace, options) -> int:
 
         run_worker(Path(args.workspace))
         return 0
-    from gts_megatron.bench.train import bench_train
     from gts_megatron.bench.train.report import report
 
     print(report(bench_train(options, log=lambda line: print(line, flush=True))))
@@ -47,16 +51,12 @@ def dispatch(_args: argparse.Namespace, options) -> int:
 
 
 def probes(_args: argparse.Namespace, options) -> int:
-    from gts_megatron.bench.probes import bench_probes, report
-
-    print(report(bench_probes(options)))
+    print(probes_report(bench_probes(options)))
     return 0
 
 
 def stability(_args: argparse.Namespace, options) -> int:
-    from gts_megatron.bench.stability import probe_stability, report
-
-    print(report(probe_stability(options)))
+    print(stability_report(probe_stability(options)))
     return 0
 
 
@@ -69,14 +69,10 @@ def plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plan(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.bench.plan import bench_plan, report
-
-    print(report(bench_plan(args.languages, args.groups, args.sketch_size, args.figures, _work_dir(args))))
+    print(plan_report(bench_plan(args.languages, args.groups, args.sketch_size, args.figures, _work_dir(args))))
     return 0
 
 
 def layout(_args: argparse.Namespace, options) -> int:
-    from gts_megatron.bench.layout import bench_layout, report
-
-    print(report(bench_layout(options)))
+    print(layout_report(bench_layout(options)))
     return 0

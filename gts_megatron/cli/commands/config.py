@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from gts_megatron.config import describe_fields, dump_config, load_config, model_presets
+from gts_megatron.config.recipe import describe_recipe
+from gts_megatron.errors import GtsError
+
 
 def config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["show", "check"])
@@ -15,12 +19,7 @@ def config_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.config import describe_fields, dump_config, load_config, model_presets
-    from gts_megatron.errors import GtsError
-
     if args.action == "show" and args.recipe:
-        from gts_megatron.config.recipe import describe_recipe
-
         print(describe_recipe())
         return 0
     if args.action == "show":

@@ -5,6 +5,10 @@ import argparse
 from pathlib import Path
 
 from gts_megatron.cli.flags import comma_list
+from gts_megatron.config import PrepareConfig
+from gts_megatron.data.demo_corpus import build_demo_corpus
+from gts_megatron.data.families import write_synthetic
+from gts_megatron.data.prepare import prepare as run_prepare
 
 
 def _output_arguments(p: argparse.ArgumentParser, run_dir: str, what: str, sub: str) -> None:
@@ -22,16 +26,12 @@ def demo_corpus_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def demo_corpus(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.data.demo_corpus import build_demo_corpus
-
     build_demo_corpus(Path(args.out or Path(args.run_dir) / "corpus"), args.languages, args.include_restricted,
                       with_debian=args.with_debian)
     return 0
 
 
 def prepare_arguments(p: argparse.ArgumentParser) -> None:
-    from gts_megatron.config import PrepareConfig
-
     _output_arguments(p, "runs/demo", "data", "data")
     p.add_argument("--force", action="store_true", help="replace an existing data directory built otherwise")
     p.add_argument("--corpus", required=True, help=PrepareConfig.model_fields["corpus"].description)
@@ -40,8 +40,6 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def prepare(args: argparse.Namespace, options) -> int:
-    from gts_megatron.data.prepare import prepare as run_prepare
-
     run_prepare(options, Path(args.out or Path(args.run_dir) / "data"), force=args.force)
     return 0
 
@@ -51,7 +49,5 @@ def synthetic_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def synthetic(args: argparse.Namespace, options) -> int:
-    from gts_megatron.data.families import write_synthetic
-
     write_synthetic(options, Path(args.out or Path(args.run_dir) / "data"))
     return 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gts_megatron.demo import run_demo
+from gts_megatron.demo.mechanism import run_mechanism
+from gts_megatron.demo.report import update_readme, write_report
+
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="where everything goes (default runs/demo, runs/demo-quick or runs/demo-full)")
@@ -17,9 +21,6 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def demo(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.demo import run_demo
-    from gts_megatron.demo.report import update_readme
-
     mode = "quick" if args.quick else "full" if args.full else "default"
     report = run_demo(mode, Path(args.run_dir) if args.run_dir else None,
                       log=lambda line: print(line, flush=True))  # prompt in pipes and logs
@@ -34,8 +35,6 @@ def mechanism_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def mechanism(args: argparse.Namespace, options) -> int:
-    from gts_megatron.demo.mechanism import run_mechanism
-
     run_mechanism(Path(args.out), options)
     return 0
 
@@ -47,7 +46,5 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def report(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.demo.report import write_report
-
     write_report(Path(args.run_dir), args.title, args.note)
     return 0

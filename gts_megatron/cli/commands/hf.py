@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from gts_megatron.config import ExportHfConfig, ImportHfConfig
+from gts_megatron.hf.config_map import FAMILIES
+
 
 def import_hf_arguments(p: argparse.ArgumentParser) -> None:
-    from gts_megatron.config import ImportHfConfig
-
     p.add_argument("source", help=ImportHfConfig.model_fields["source"].description)
     p.add_argument("--out", required=True, help=ImportHfConfig.model_fields["out"].description)
     p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
@@ -21,9 +22,6 @@ def import_hf(_args: argparse.Namespace, options) -> int:
 
 
 def export_hf_arguments(p: argparse.ArgumentParser) -> None:
-    from gts_megatron.config import ExportHfConfig
-    from gts_megatron.hf.config_map import FAMILIES
-
     p.add_argument("checkpoint", help=ExportHfConfig.model_fields["checkpoint"].description)
     p.add_argument("--out", required=True, help=ExportHfConfig.model_fields["out"].description)
     p.add_argument("--architecture", choices=sorted(FAMILIES),

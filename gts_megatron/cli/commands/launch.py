@@ -7,15 +7,16 @@ import argparse
 from pathlib import Path
 
 from gts_megatron.cli.flags import field_options
+from gts_megatron.cli.registry import parse
+from gts_megatron.config import ProbeConfig, SlurmJobConfig, load_config
 from gts_megatron.errors import GtsError
+from gts_megatron.launch.slurm import STATUS_FIELDS, cancel as cancel_job, job_status, render, submit
 
 TRAINING = ("pretrain", "train")
 
 
 def _command(args: argparse.Namespace) -> tuple[list[str], argparse.Namespace]:
     """The gts command after ``--`` and its parsed arguments (the CLI's own parser reports a bad one)."""
-    from gts_megatron.cli.registry import parse
-
     command = list(args.gts_command)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -28,8 +29,6 @@ def _command(args: argparse.Namespace) -> tuple[list[str], argparse.Namespace]:
 
 
 def _submit_or_print(script, dry_run: bool, what: str) -> int:
-    from gts_megatron.launch.slurm import submit
-
     if dry_run:
         print(script.text, end="")
         return 0
@@ -41,9 +40,6 @@ def _submit_or_print(script, dry_run: bool, what: str) -> int:
 
 def slurm(args: argparse.Namespace, job) -> int:
     """Run a gts command as a Slurm job: torchrun (or srun) on every node, requeued near the time limit."""
-    from gts_megatron.config import load_config
-    from gts_megatron.launch.slurm import render
-
     command, parsed = _command(args)
     world = job.nodes * job.processes_per_node
     if parsed.command in TRAINING:
@@ -63,15 +59,12 @@ def _probe_command(args: argparse.Namespace, launcher: str):
     command, parsed = _command(args)
     if parsed.command != "probe":
         raise GtsError(f"gts launch {launcher} runs `gts probe`, not `gts {parsed.command}`")
-    from gts_megatron.config import ProbeConfig
 
     return command, field_options(ProbeConfig, parsed)
 
 
 def ray(args: argparse.Namespace, job) -> int:
     """Start a Ray cluster on the job's nodes (head on the first) and run `gts probe` on it."""
-    from gts_megatron.launch.slurm import render
-
     command, probe = _probe_command(args, "ray")
     if probe.address:
         raise GtsError("--address: leave it out; the job starts the Ray cluster and passes its address")
@@ -84,7 +77,6 @@ def ray(args: argparse.Namespace, job) -> int:
 def probe_array(args: argparse.Namespace, job) -> int:
     """Probe every language as one task of a Slurm job array (no Ray): `gts probe` per language."""
     from gts_megatron.data.mixture import check_data
-    from gts_megatron.launch.slurm import render
 
     if job.nodes != 1:
         raise GtsError(f"--nodes {job.nodes}: each array task probes one language on one node")
@@ -98,8 +90,6 @@ def probe_array(args: argparse.Namespace, job) -> int:
 
 def status(args: argparse.Namespace, _options) -> int:
     """Show a job's state (every task of an array): state, reason, run time, nodes, log."""
-    from gts_megatron.launch.slurm import STATUS_FIELDS, job_status
-
     rows = job_status(args.job_id)
     shown = [f for f in STATUS_FIELDS if any(row[f] not in ("", "N/A", "(null)") for row in rows)]
     widths = {f: max(len(f), *(len(row[f]) for row in rows)) for f in shown}
@@ -111,17 +101,13 @@ def status(args: argparse.Namespace, _options) -> int:
 
 def cancel(args: argparse.Namespace, _options) -> int:
     """Cancel a job; its training steps get TERM first and save a checkpoint."""
-    from gts_megatron.launch.slurm import cancel
-
-    cancel(args.job_id)
+    cancel_job(args.job_id)
     print(f"cancelled job {args.job_id}")
     return 0
 
 
 def _job_arguments(p: argparse.ArgumentParser) -> None:
     """What every submitting subcommand takes beside its job's flags (from SlurmJobConfig)."""
-    from gts_megatron.config import SlurmJobConfig
-
     p.add_argument("--env", action="append", metavar="KEY=VALUE",
                    help=SlurmJobConfig.model_fields["env"].description)
     p.add_argument("--sbatch-args", action="append", metavar="--OPTION=VALUE",

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from gts_megatron.errors import GtsError
+from gts_megatron.recipe import (dry_run, open_recipe, recipe_status, recipe_text, run_recipe, run_single_stage,
+                                 submit_recipe)
+
 
 def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see `gts config show --recipe`), or a packaged recipe's name; "
@@ -21,11 +25,8 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.errors import GtsError
     from pathlib import Path
 
-    from gts_megatron.recipe import (dry_run, open_recipe, recipe_status, recipe_text, run_recipe, run_single_stage,
-                                     submit_recipe)
 
     if args.recipe == "status":
         if args.status_of is None:

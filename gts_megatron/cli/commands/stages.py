@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gts_megatron.contracts.plan import changed_inputs, load_plan
+from gts_megatron.errors import GtsError
+from gts_megatron.plan.make import make_plan
+
 
 def probe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default="runs/demo", help="results go to <run-dir>/probes")
@@ -27,8 +31,6 @@ def plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plan(args: argparse.Namespace, options) -> int:
-    from gts_megatron.plan.make import make_plan
-
     out = Path(args.out or Path(args.run_dir) / "plan")
     make_plan(options, out)
     print(f"wrote {out / 'plan.json'} and its figures")
@@ -46,8 +48,6 @@ def expand_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def expand(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.contracts.plan import changed_inputs, load_plan
-    from gts_megatron.errors import GtsError
     from gts_megatron.expand import expand as run_expand
 
     changed = [] if args.force else changed_inputs(load_plan(Path(args.plan)))

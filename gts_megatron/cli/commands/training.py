@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 
 from gts_megatron.errors import GtsError
+from gts_megatron.config import load_config
+from gts_megatron.runtime.launch import in_launched_worker, launch_local
 
 
 def _run_arguments(p: argparse.ArgumentParser, default_run_dir: str) -> None:
@@ -38,7 +40,6 @@ def _run_training(args: argparse.Namespace, cfg) -> int:
     import importlib
 
     from gts_megatron.contracts.preflight import preflight
-    from gts_megatron.runtime.launch import in_launched_worker, launch_local
 
     if not in_launched_worker():
         if args.nproc_per_node < 1:
@@ -56,8 +57,6 @@ def pretrain_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def pretrain(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.config import load_config
-
     cfg = load_config(args.config, args.set)
     if cfg.moe.plan:
         raise GtsError("moe.plan is set: pretrain builds the dense base model; use `gts train` for the MoE")
@@ -71,8 +70,6 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train(args: argparse.Namespace, _options) -> int:
-    from gts_megatron.config import load_config
-
     from gts_megatron.contracts.preflight import check_moe
 
     cfg = load_config(args.config, [f"moe.stage={args.stage}", *args.set])
@@ -88,7 +85,6 @@ def experiment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def experiment(args: argparse.Namespace, options) -> int:
-    from gts_megatron.config import load_config
     from gts_megatron.experiment import run_experiment, run_seeds
 
     (run_seeds if options.train_seeds else run_experiment)(options, load_config(args.config, args.set),
