@@ -24,10 +24,10 @@ from gts_megatron.artifacts import atomic_write_text, claim_directory
 from gts_megatron.config import AdaptConfig, MoEConfig, ParallelConfig, build_config
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.data.mixture import check_data
-from gts_megatron.engine.checkpoint import unwrap, write_moe_checkpoint
+from gts_megatron.engine.checkpoint import load_trained, unwrap, write_moe_checkpoint
 from gts_megatron.contracts.checkpoint import finished_checkpoint as finished
 from gts_megatron.errors import GtsError, Interrupted
-from gts_megatron.eval.load import TrainedModel
+from gts_megatron.contracts.trained import TrainedModel
 from gts_megatron.eval.perplexity import evaluate_cached
 from gts_megatron.model import state_names
 from gts_megatron.model.gts import build_moe_model
@@ -67,7 +67,7 @@ def write_extended_checkpoint(old: TrainedModel, plan: Plan, source_expert: int,
         return TrainedModel.open(out).path
     init_runtime(ParallelConfig(), 1234)
     try:
-        old_model = old.build("group")
+        old_model = load_trained(old, "group")
         moe = MoEConfig(plan=str(out), stage="group")
         new_model, _ = build_moe_model(old.config, ParallelConfig(), moe, plan)
         with torch.no_grad():

@@ -27,12 +27,15 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from gts_megatron.artifacts import atomic_write_text
-from gts_megatron.config import ModelConfig
+from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
 from gts_megatron.contracts.checkpoint import (LATEST_FILE, CheckpointMeta, CheckpointRecord, TokenizerRecord,
                                                check_model_matches, complete_checkpoints, file_checksums, read_meta,
                                                verify_files, write_meta)
 from gts_megatron.contracts.plan import Plan, moe_identity
+from gts_megatron.contracts.trained import TrainedModel
 from gts_megatron.errors import GtsError
+from gts_megatron.model.gts import build_moe_model
+from gts_megatron.model.llama import build_model, transformer_config
 
 # the training state of a checkpoint that starts a run (an expanded, imported or fresh model)
 STEP_ZERO = MappingProxyType({"step": 0, "consumed_samples": 0})
@@ -202,6 +205,20 @@ def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = No
             _set_rng_state(loaded["rng"])
         return dict(loaded["train_state"])
     return dict(meta.train_state)
+
+
+def load_trained(trained: TrainedModel, routing: Optional[str]) -> torch.nn.Module:
+    """``trained``'s model with its weights, on this (single) process, in eval mode; an MoE model
+    routes by ``routing`` (group or learned, see :meth:`TrainedModel.routing`)."""
+    parallel = ParallelConfig()
+    if trained.plan is None:
+        model = build_model(trained.config, transformer_config(trained.config, parallel))
+    else:
+        moe = MoEConfig(plan=str(trained.path), stage=routing, topk=trained.topk(routing))
+        model, _ = build_moe_model(trained.config, parallel, moe, trained.plan)
+    load_checkpoint(trained.path, Checkpointable(model, trained.config), trained.plan)
+    model.eval()
+    return model
 
 
 def _first_failure(exc: BaseException) -> BaseException:

@@ -15,7 +15,8 @@ from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.config import EvalConfig, ParallelConfig
 from gts_megatron.data.manifest import load_manifest, load_tokenizer
 from gts_megatron.errors import GtsError
-from gts_megatron.eval.load import TrainedModel
+from gts_megatron.contracts.trained import TrainedModel
+from gts_megatron.engine.checkpoint import load_trained
 from gts_megatron.eval.windows import Windows, heldout_tokens, sliding_windows
 from gts_megatron.model.gts import ROUTING
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
@@ -92,7 +93,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out: Optional[Path] = None, log=print) 
               "parameters": {"total": total, "active": active}, "languages": {}}
     runtime = init_runtime(ParallelConfig(), 1234)
     try:
-        model = trained.build(routing)
+        model = load_trained(trained, routing)
         work = sum(len(w) for w in held_out.values()) + sum(len(w) for w in candidates.values()) * (
             trained.plan.num_groups if candidates else 0)
         with tqdm(total=work, desc="eval", unit="window", disable=not sys.stderr.isatty(), leave=False) as bar:

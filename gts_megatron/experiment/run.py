@@ -16,7 +16,7 @@ from gts_megatron.config import ExperimentConfig, RunConfig
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.perplexity import evaluate_cached
-from gts_megatron.eval.load import TrainedModel
+from gts_megatron.contracts.trained import TrainedModel
 from gts_megatron.contracts.checkpoint import finished_checkpoint as finished
 from gts_megatron.contracts.training import stage_config, stages
 from gts_megatron.experiment.arms import arm_plan

@@ -17,6 +17,7 @@ import torch
 from gts_megatron.config import ExportHfConfig, ImportHfConfig, ParallelConfig
 from gts_megatron.artifacts import staged_directory
 from gts_megatron.contracts.checkpoint import CheckpointRecord
+from gts_megatron.contracts.trained import TrainedModel
 from gts_megatron.errors import GtsError
 from gts_megatron.hf.config_map import (FAMILIES, hf_config_from_model, model_config_from_hf, read_hf_config,
                                          token_ids)
@@ -142,8 +143,7 @@ def export_hf(cfg: ExportHfConfig, log=print) -> dict:
     otherwise). GtS: a trust_remote_code folder, checked against the checkpoint under both
     routings. Tokenizer files are copied from ``cfg.tokenizer_dir`` (default: the import's hf/
     folder, when there is one)."""
-    from gts_megatron.engine.checkpoint import unwrap
-    from gts_megatron.eval.load import TrainedModel
+    from gts_megatron.engine.checkpoint import load_trained, unwrap
     from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
     out, architecture = Path(cfg.out), cfg.architecture
@@ -175,7 +175,7 @@ def export_hf(cfg: ExportHfConfig, log=print) -> dict:
             if trained.plan is not None:
                 summary = export_gts(trained, tmp, side, cfg.tolerance, log)
             else:
-                state = megatron_to_hf(unwrap(trained.build(None)).state_dict(), model_cfg)
+                state = megatron_to_hf(unwrap(load_trained(trained, None)).state_dict(), model_cfg)
                 config = hf_config_from_model(arch, model_cfg, token_ids(side))
                 (tmp / "config.json").write_text(json.dumps(config, indent=2))
                 write_safetensors(state, tmp)

@@ -42,13 +42,15 @@ def check_export(folder: Path, trained, tolerance: float, log) -> dict:
     routings: largest logit difference, and whether greedy generation agrees."""
     from transformers import AutoModelForCausalLM
 
+    from gts_megatron.engine.checkpoint import load_trained
+
     cfg, plan = trained.config, trained.plan
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (2, min(32, cfg.max_seq_length - 8)), generator=generator)
     groups = torch.tensor([0, len(plan.group_to_expert) - 1])
     results = {}
     for routing in ROUTINGS:
-        ours = trained.build(routing)
+        ours = load_trained(trained, routing)
         theirs = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, dtype=torch.float32)
         theirs.config.routing, theirs.config.moe_top_k = routing, trained.topk(routing)
         theirs.eval()
@@ -71,12 +73,12 @@ def check_export(folder: Path, trained, tolerance: float, log) -> dict:
 
 
 def export_gts(trained, tmp: Path, side: Optional[Path], tolerance: float, log) -> dict:
-    """Write the GtS checkpoint ``trained`` (eval.load.TrainedModel) into ``tmp`` and check it."""
-    from gts_megatron.engine.checkpoint import unwrap
+    """Write the GtS checkpoint ``trained`` (contracts.trained.TrainedModel) into ``tmp`` and check it."""
+    from gts_megatron.engine.checkpoint import load_trained, unwrap
 
     cfg, plan = trained.config, trained.plan
     routing = trained.routing("auto")
-    model = trained.build(routing)
+    model = load_trained(trained, routing)
     state = megatron_to_hf(unwrap(model).state_dict(), cfg, plan.moe_layers, plan.num_experts)
     # Llama- and Mistral-based GtS models share the Llama code; Qwen2's has its QKV biases
     base, name = ("Qwen2ForCausalLM", "GtsQwen2") if cfg.qkv_bias else ("LlamaForCausalLM", "Gts")

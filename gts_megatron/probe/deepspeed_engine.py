@@ -45,7 +45,7 @@ def train_with_deepspeed(run, names: tuple[str, ...]) -> tuple[dict, dict]:
     after) of the parameters whose names end with one of ``names`` (float32, full tensors)."""
     import deepspeed
 
-    from gts_megatron.base.pretrain import build_dataset
+    from gts_megatron.data.dataset import build_dataset
     from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint, unwrap
     from gts_megatron.engine.loop import micro_batches
     from gts_megatron.model.llama import build_model, transformer_config

@@ -107,7 +107,7 @@ def global_names(named: dict, run_cfg: RunConfig) -> dict:
 def _train_megatron(run: ProbeRun, names: tuple[str, ...]) -> tuple[dict, dict]:
     """Fine-tune from ``base`` on the megatron-core engine; (before, after) of the named weights
     this rank holds, by their names in the whole model."""
-    from gts_megatron.base.pretrain import build_dataset
+    from gts_megatron.data.dataset import build_dataset
     from gts_megatron.engine.checkpoint import unwrap
     from gts_megatron.engine.trainer import TrainSpec, train
 
@@ -125,7 +125,7 @@ def _gradient_megatron(run: ProbeRun, names: tuple[str, ...]) -> tuple[dict, dic
     this rank holds, the gradient averaged over the tokens ``steps`` optimizer steps would read."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from gts_megatron.base.pretrain import build_dataset
+    from gts_megatron.data.dataset import build_dataset
     from gts_megatron.engine.checkpoint import unwrap
     from gts_megatron.engine.loop import lm_forward_step, micro_batches, wrap_ddp
 

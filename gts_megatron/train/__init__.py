@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 from megatron.core import parallel_state
 
-from gts_megatron.base.pretrain import build_dataset
+from gts_megatron.data.dataset import build_dataset
 from gts_megatron.contracts.checkpoint import CheckpointRecord, TokenizerRecord
 from gts_megatron.config import RunConfig
 from gts_megatron.data.placement import Placement

@@ -49,7 +49,7 @@ class MegatronArm:
     def __init__(self, name: str, ws: Workspace, runtime: Runtime, dtype: str):
         from megatron.core import parallel_state
 
-        from gts_megatron.base.pretrain import build_dataset
+        from gts_megatron.data.dataset import build_dataset
         from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint
         from gts_megatron.engine.loop import contiguous_order, lm_forward_step, wrap_ddp
         from gts_megatron.engine.optim import build_optimizer
@@ -175,7 +175,7 @@ class DeepSpeedArm:
         _quiet_deepspeed(runtime.device)
         from transformers import AutoModelForCausalLM
 
-        from gts_megatron.base.pretrain import build_dataset
+        from gts_megatron.data.dataset import build_dataset
         from gts_megatron.engine.loop import contiguous_order
         from gts_megatron.probe.deepspeed_engine import adamw, deepspeed_engine
         from gts_megatron.contracts.preflight import check_moe

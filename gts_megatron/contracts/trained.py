@@ -1,23 +1,19 @@
-"""A trained checkpoint opened for evaluation: what it is (dense or GtS, its plan, the routing it
-was trained with, the tokenizer of its data) and the model itself, built on one process."""
+"""A trained checkpoint, opened: what it is (dense or GtS, its plan, the routing it was trained
+with, the tokenizer of its data), read from its meta.json without building the model. Evaluation,
+export, adaptation and the comparison open checkpoints through it; engine.checkpoint's
+:func:`~gts_megatron.engine.checkpoint.load_trained` builds the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from gts_megatron.config import ModelConfig, MoEConfig, ParallelConfig
-from gts_megatron.data.manifest import Manifest
-from gts_megatron.contracts.checkpoint import META_FILE, CheckpointMeta, read_meta
-from gts_megatron.engine.checkpoint import Checkpointable, load_checkpoint
-from gts_megatron.contracts.checkpoint import LATEST_FILE, resolve_checkpoint
-from gts_megatron.errors import GtsError
-from gts_megatron.model.gts import build_moe_model
-from gts_megatron.model.llama import build_model, transformer_config
-from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
+from gts_megatron.config import ModelConfig, MoEConfig
+from gts_megatron.contracts.checkpoint import LATEST_FILE, META_FILE, CheckpointMeta, read_meta, resolve_checkpoint
 from gts_megatron.contracts.plan import Plan
+from gts_megatron.data.manifest import Manifest
+from gts_megatron.errors import GtsError
+from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -96,16 +92,3 @@ class TrainedModel:
                 f"{str(theirs.sha256)[:12]}..., vocab {theirs.vocab_size}) than model {self.path} was trained "
                 f"on ({mine.kind}, sha256 {str(mine.sha256)[:12]}..., vocab {mine.vocab_size}); "
                 f"prepare it with `gts data prepare --tokenizer <the model's tokenizer file>`")
-
-    def build(self, routing: Optional[str]) -> torch.nn.Module:
-        """The model with the checkpoint's weights, on this (single) process, in eval mode."""
-        parallel = ParallelConfig()
-        if self.plan is None:
-            model = build_model(self.config, transformer_config(self.config, parallel))
-            load_checkpoint(self.path, Checkpointable(model, self.config))
-        else:
-            moe = MoEConfig(plan=str(self.path), stage=routing, topk=self.topk(routing))
-            model, _ = build_moe_model(self.config, parallel, moe, self.plan)
-            load_checkpoint(self.path, Checkpointable(model, self.config), self.plan)
-        model.eval()
-        return model
