@@ -22,21 +22,26 @@ def adamw(params, t: TrainConfig) -> torch.optim.AdamW:
                              weight_decay=t.weight_decay)
 
 
-def deepspeed_engine(model: torch.nn.Module, optimizer, t: TrainConfig, zero: dict, data_parallel: int,
-                     local_rank: int, bf16: bool = False, schedule=None):
-    """A DeepSpeed engine for ``model`` with the run's batch (``t``: micro-batch, global batch over
-    ``data_parallel`` ranks), clipping and ZeRO settings ``zero``, in the existing process group."""
-    import deepspeed
-
-    # DeepSpeed insists on LOCAL_RANK even when the process group already exists
-    os.environ.setdefault("LOCAL_RANK", str(local_rank))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config={
+def deepspeed_config(t: TrainConfig, zero: dict, data_parallel: int, bf16: bool = False) -> dict:
+    """DeepSpeed's config for the run's batch (``t``: micro-batch, global batch over
+    ``data_parallel`` ranks), clipping and ZeRO settings ``zero``."""
+    return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * data_parallel),
         "gradient_clipping": t.clip_grad, "zero_optimization": zero, "bf16": {"enabled": bf16},
         # torch AdamW (also on offloaded fp32 weights): no compiled DeepSpeedCPUAdam needed
         "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 1 << 30})
+        "steps_per_print": 1 << 30}
+
+
+def deepspeed_engine(model: torch.nn.Module, optimizer, config: dict, local_rank: int, schedule=None):
+    """A DeepSpeed engine for ``model`` under ``config`` (:func:`deepspeed_config`), in the
+    existing process group."""
+    import deepspeed
+
+    # DeepSpeed insists on LOCAL_RANK even when the process group already exists
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     return engine
 
 
@@ -64,8 +69,8 @@ def train_with_deepspeed(run, names: tuple[str, ...]) -> tuple[dict, dict]:
         zero["offload_param"] = {"device": "cpu"}
     optimizer = adamw(model.parameters(), t)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / t.steps))
-    engine = deepspeed_engine(model, optimizer, t, zero, data_parallel=1, local_rank=rt.env.local_rank,
-                              schedule=schedule)
+    engine = deepspeed_engine(model, optimizer, deepspeed_config(t, zero, data_parallel=1), rt.env.local_rank,
+                              schedule)
     for step in range(t.steps):
         samples = range(step * t.global_batch_size, (step + 1) * t.global_batch_size)
         for batch in micro_batches(dataset, samples, t.micro_batch_size, rt.device):

@@ -177,7 +177,7 @@ class DeepSpeedArm:
 
         from gts_megatron.data.dataset import build_dataset
         from gts_megatron.engine.loop import contiguous_order
-        from gts_megatron.probe.deepspeed_engine import adamw, deepspeed_engine
+        from gts_megatron.probe.deepspeed_engine import adamw, deepspeed_config, deepspeed_engine
         from gts_megatron.contracts.preflight import check_moe
 
         cfg = ws.run_config("gts-group")
@@ -201,8 +201,8 @@ class DeepSpeedArm:
         world, numel = runtime.env.world_size, sum(p.numel() for p in model.parameters())
         # DeepSpeed's default 5e8-element buckets, but never larger than the model itself
         zero = {"stage": 2, "reduce_bucket_size": min(int(5e8), numel), "allgather_bucket_size": min(int(5e8), numel)}
-        self.engine = deepspeed_engine(model, adamw(params, t), t, zero, data_parallel=world,
-                                       local_rank=runtime.env.local_rank, bf16=dtype == "bf16")
+        self.engine = deepspeed_engine(model, adamw(params, t), deepspeed_config(t, zero, world, dtype == "bf16"),
+                                       runtime.env.local_rank)
         self.dataset = build_dataset(cfg, ws.root / "runs" / name, plan.language_to_group)
         self.order = contiguous_order(dist.get_rank())
         self.name, self.cfg, self.runtime, self.samples = name, cfg, runtime, 0
