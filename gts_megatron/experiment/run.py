@@ -18,7 +18,7 @@ from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.perplexity import evaluate_cached
 from gts_megatron.contracts.trained import TrainedModel
 from gts_megatron.contracts.checkpoint import finished_checkpoint as finished
-from gts_megatron.contracts.training import stage_config, stages
+from gts_megatron.contracts.training import Arm, stage_config, stages
 from gts_megatron.experiment.arms import arm_plan
 from gts_megatron.figures import pyplot, save_figure
 from gts_megatron.contracts.plan import Plan, load_plan, write_plan
@@ -71,25 +71,25 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
         plan_path = arm_dir / "plan.json" if p is not None else None
         if p is not None:
             write_plan(plan_path, p)
-        arms[arm] = (arm_dir, p, plan_path)
+        arms[arm] = (arm_dir, p, Arm(arm, plan_path, cfg.learned_steps, base_samples))
         for stage, _ in stages(arm, steps, cfg.learned_steps):
-            stage_config(run, arm, stage, plan_path, base.path, cfg.learned_steps, base_samples)
+            stage_config(run, arms[arm][2], stage, base.path)
 
     results = {"base": evaluate_cached(base.path, cfg.data, plan.languages, cfg, out / "base" / "eval.json", log)}
-    for arm, (arm_dir, p, plan_path) in arms.items():
+    for arm, (arm_dir, p, spec) in arms.items():
         if on_stage:
             on_stage(arm)
         init = base.path
         if p is not None:
             from gts_megatron.expand import expand
 
-            init = expand(base.path, plan_path, arm_dir / "moe", log=log)
+            init = expand(base.path, spec.plan, arm_dir / "moe", log=log)
         for stage, n in stages(arm, steps, cfg.learned_steps):
             run_dir = arm_dir / stage
             done = finished(run_dir, n)
             if done is None:
                 log(f"{arm}: {stage} for {n} steps in {run_dir}")
-                stage_cfg = stage_config(run, arm, stage, plan_path, init, cfg.learned_steps, base_samples)
+                stage_cfg = stage_config(run, spec, stage, init)
                 result = _train_stage(stage, stage_cfg, run_dir)
                 if result.interrupted_by:
                     raise Interrupted(result.interrupted_by, f"{arm}/{stage}")

@@ -15,7 +15,7 @@ from gts_megatron.config import RunConfig, load_config
 from gts_megatron.config.commands import EvalWindows
 from gts_megatron.config.recipe import Recipe
 from gts_megatron.errors import GtsError
-from gts_megatron.contracts.training import stage_config
+from gts_megatron.contracts.training import Arm, stage_config
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def _training_stages(at: _Layout) -> list[Stage]:
     for stage, steps in (("group", total - learned), ("learned", learned)):
         if not steps:
             continue
-        cfg = stage_config(base_cfg, "gts", stage, at.plan, init, learned, base_samples)
+        cfg = stage_config(base_cfg, Arm("gts", at.plan, learned, base_samples), stage, init)
         changed = {f"train.{k}": getattr(cfg.train, k) for k in ("init_from", "data_offset", "lr", "warmup_steps",
                                                                  "lr_decay_steps")
                    if getattr(cfg.train, k) != getattr(base_cfg.train, k)}
