@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from gts_megatron.errors import GtsError
 
@@ -29,6 +31,27 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
             debris.unlink(missing_ok=True)
         removed.append(debris)
     return removed
+
+
+@contextlib.contextmanager
+def scratch_directory(kind: str, parent: Optional[Path] = None) -> Iterator[Path]:
+    """A private folder for the life of the block, in ``parent`` (default: the system's temporary
+    directory), named ``gts-<kind>-<host>-<pid>-<random>`` and removed at the end. Those that
+    processes of this host left behind when they were killed (their pid no longer runs) are
+    removed first, so a kill -9 leaves nothing past the next run."""
+    import psutil
+
+    root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    prefix = f"gts-{kind}-{socket.gethostname()}-"
+    for debris in root.glob(prefix + "*"):
+        pid = debris.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)) and debris.is_dir() and not debris.is_symlink():
+            shutil.rmtree(debris, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

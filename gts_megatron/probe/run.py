@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,6 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from gts_megatron.artifacts import scratch_directory
 from gts_megatron.config import ModelConfig, ProbeConfig, RunConfig, build_config
 from gts_megatron.contracts.checkpoint import CheckpointMeta, read_meta, resolve_checkpoint
 from gts_megatron.errors import GtsError
@@ -182,10 +182,11 @@ def _gathered(summaries: dict[int, tuple], runtime) -> dict[int, tuple]:
 
 def _in_pipeline_processes(cfg: ProbeConfig, language: str, store: Path) -> Optional[ProbeResult]:
     """Run this probe in ``cfg.pipeline`` local processes (:mod:`.worker`); its result from the store."""
-    with tempfile.TemporaryDirectory(prefix=f"probe-{language}-") as tmp:
-        options = Path(tmp) / "probe.json"
+    with scratch_directory("probe") as tmp:
+        options = tmp / "probe.json"
         options.write_text(cfg.model_dump_json())
-        code = launch_local([str(options), language, str(store), tmp], cfg.pipeline, module="gts_megatron.probe.worker")
+        code = launch_local([str(options), language, str(store), str(tmp)], cfg.pipeline,
+                            module="gts_megatron.probe.worker")
     if code:
         raise GtsError(f"probe {language}: its {cfg.pipeline} pipeline processes failed (exit {code}); "
                        f"their errors are above")
@@ -215,7 +216,7 @@ def probe_here(cfg: ProbeConfig, language: str, store: Path, work_dir: Optional[
     if cfg.delta == "gradient":
         engine, detail = _gradient_megatron, " (gradient)"
     with contextlib.ExitStack() as stack:
-        tmp = work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"probe-{language}-")))
+        tmp = work_dir or stack.enter_context(scratch_directory("probe"))
         runtime = stack.enter_context(training_session(run_cfg, tmp, f"probe {language}{detail}"))
         torch.set_num_threads(cfg.cpus_per_probe)
         before, after = engine(ProbeRun(cfg, run_cfg, model_cfg, path, tmp, runtime), FFN + ATTENTION)

@@ -59,9 +59,10 @@ def test_kill_9_during_import_hf_then_rerun_leaves_no_temporary_and_equals_a_cle
                                                                       "iter_0000000/meta.json"]
 
 
-def _kill_when(args: list[str], appeared, delay: float, timeout: float = 120) -> None:
+def _kill_when(args: list[str], appeared, delay: float, timeout: float = 120, env: dict | None = None) -> None:
     """Start `gts <args>` and kill -9 it (and its children) ``delay`` s after ``appeared()`` holds."""
-    proc = subprocess.Popen(gts_cmd(*args), env=gts_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(gts_cmd(*args), env={**gts_env(), **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     try:
         while not appeared():
@@ -137,3 +138,16 @@ def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary_and_equ
     run_gts(*args, str(run))
     assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]
     _same_checkpoint(clean / "pretrain" / "checkpoints", ckpts)
+
+
+def test_kill_9_of_a_two_process_run_then_rerun_leaves_nothing_in_the_temporary_directory(tmp_path):
+    """The launcher's scratch folder (the workers' errors, torch elastic's logs) outlives a kill -9;
+    the next launch on the machine removes it, and a launch that ends leaves nothing."""
+    scratch, run = tmp_path / "tmp", tmp_path / "run"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    args = ["pretrain", "--config", TINY, "--nproc-per-node", "2", "--set", "train.steps=4", "--run-dir", str(run)]
+    _kill_when(args, lambda: (run / "metrics.jsonl").exists(), 0.0, env=env)
+    assert [p.name for p in scratch.glob("gts-launch-*")]  # what the kill left
+    run_gts(*args, env=env)
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor")] == []

@@ -12,10 +12,9 @@ what is measured besides step time, :mod:`.worker` runs one process, :mod:`.repo
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from gts_megatron.artifacts import atomic_write_text
+from gts_megatron.artifacts import atomic_write_text, scratch_directory
 from gts_megatron.config.bench import BenchTrainConfig
 from gts_megatron.errors import WorkersFailed
 from gts_megatron.bench.train.workspace import prepare, read_result
@@ -32,14 +31,14 @@ def bench_train(opts: BenchTrainConfig, log=print) -> dict:
     work_dir = Path(opts.work_dir) if opts.work_dir else None
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="gts-bench-train-") as tmp:
-        ws = prepare(opts, Path(tmp), log)
+    with scratch_directory("bench-train", work_dir) as tmp:
+        ws = prepare(opts, tmp, log)
         if opts.nproc_per_node > 1:
-            code = launch_local(["bench", "train", "--workspace", tmp], opts.nproc_per_node)
+            code = launch_local(["bench", "train", "--workspace", str(tmp)], opts.nproc_per_node)
             if code:  # the workers' errors are printed; no figures are reported
                 raise WorkersFailed(code)
         else:
-            run_worker(Path(tmp))
+            run_worker(tmp)
         result = read_result(ws)
     if opts.out:
         out = Path(opts.out)
