@@ -10,12 +10,14 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from tests.conftest import TINY, indexed_args, run_gts, write_corpus, write_family_plan
+from tests.integration.test_hf import make_hf_model
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +225,37 @@ def test_bad_input_is_one_line_exit_2_names_the_culprit_and_changes_nothing(case
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert disk(tmp_path) == before
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` made immutable (chattr +i), which binds root too, as the tests run; mode bits do not."""
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip(f"chattr +i is not supported on the filesystem of {folder}: no folder is read-only for root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+OUTPUTS = {  # a command -> its arguments, writing under the read-only folder ``ro``
+    "data prepare": lambda t, ro, data: ["data", "prepare", "--corpus", str(write_corpus(t / "corpus", 20)),
+                                         "--out", str(ro / "data")],
+    "pretrain": lambda t, ro, data: ["pretrain", "--config", TINY, "--run-dir", str(ro / "run"), *indexed_args(data)],
+    "demo-corpus": lambda t, ro, data: ["data", "demo-corpus", "--out", str(ro / "corpus"), "--languages", "en,de"],
+    "import-hf": lambda t, ro, data: ["import-hf", str(make_hf_model("llama", t / "hf")),
+                                      "--out", str(ro / "imported")],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OUTPUTS))
+def test_an_output_folder_that_cannot_be_written_is_one_line_naming_it(command, tmp_path, families_data):
+    with read_only(tmp_path / "ro") as ro:
+        argv = OUTPUTS[command](tmp_path, ro, families_data)
+        before = disk(tmp_path)
+        code, err = gts(argv)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert str(ro) in lines[0] and "not permitted" in lines[0], lines[0]
+        assert disk(tmp_path) == before
