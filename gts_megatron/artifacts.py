@@ -1,6 +1,7 @@
 """Writing a stage's artifacts so that a crash never leaves a half-written one behind."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -112,6 +113,16 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def files_sha256(paths: list[Path]) -> list[str]:
+    """:func:`file_sha256` of each path, in order, on several threads (hashlib and file reads
+    release the GIL, so a checkpoint's shards hash in parallel on as many cores as there are)."""
+    workers = min(len(paths), os.cpu_count() or 1, 16)
+    if workers <= 1:
+        return [file_sha256(p) for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(file_sha256, paths))
 
 
 def claim_directory(out: Path, inputs: dict, what: str) -> None:

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gts_megatron.artifacts import atomic_write_text, file_sha256, read_json
+from gts_megatron.artifacts import atomic_write_text, files_sha256, read_json
 from gts_megatron.config import ModelConfig
 from gts_megatron.contracts.plan import Plan
 from gts_megatron.errors import GtsError
@@ -79,7 +79,8 @@ def _data_files(path: Path) -> list[Path]:
 
 def file_checksums(path: Path) -> dict[str, str]:
     """SHA-256 of every file of checkpoint ``path`` but meta.json."""
-    return {p.relative_to(path).as_posix(): file_sha256(p) for p in _data_files(path)}
+    files = _data_files(path)
+    return {p.relative_to(path).as_posix(): digest for p, digest in zip(files, files_sha256(files))}
 
 
 def write_meta(path: Path, meta: CheckpointMeta) -> None:
@@ -113,11 +114,12 @@ def verify_files(path: Path, meta: CheckpointMeta) -> None:
     (flipped bytes, a truncated or missing shard). Checkpoints from before checksums pass."""
     if not meta.files:
         return
-    for name, digest in meta.files.items():
-        file = path / name
-        if not file.is_file():
+    for name in meta.files:
+        if not (path / name).is_file():
             raise GtsError(f"checkpoint {path}: {name} is missing; restore it or use another checkpoint")
-        if file_sha256(file) != digest:
+    found = files_sha256([path / name for name in meta.files])
+    for (name, digest), actual in zip(meta.files.items(), found):
+        if actual != digest:
             raise GtsError(f"checkpoint {path}: {name} does not match the checksum recorded when it was saved "
                            f"(the file is corrupt); restore it or use another checkpoint")
 

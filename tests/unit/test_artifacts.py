@@ -41,3 +41,14 @@ def test_a_running_process_keeps_its_scratch_folder_and_other_kinds_are_left_alo
     with scratch_directory("probe", tmp_path):
         pass
     assert sorted(tmp_path.iterdir()) == sorted([live, other_host, other_kind])
+
+
+def test_checksums_on_several_threads_are_each_files_own_in_order(tmp_path):
+    from gts_megatron.artifacts import file_sha256, files_sha256
+
+    paths = []
+    for i in range(7):  # sizes on both sides of the 1 MiB read chunk
+        paths.append(tmp_path / f"shard{i}")
+        paths[-1].write_bytes(os.urandom(i * 300_000))
+    assert files_sha256(paths) == [file_sha256(p) for p in paths]
+    assert len(set(files_sha256(paths))) == len(paths)
