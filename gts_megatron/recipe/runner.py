@@ -162,6 +162,17 @@ def _move_aside(stage: Stage) -> None:
         stage.output.rename(previous)
 
 
+def _stopping_signal(code: int) -> Optional[int]:
+    """The signal that stopped a command (SIGINT or SIGTERM), from its exit code: 128 + signal when
+    it stopped itself, -signal when the signal ended the process (seen once in CI: a Ctrl-C as the
+    experiment stage started training gave exit -2, after the command had printed "interrupted");
+    None for a failure."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if code in (128 + signum, -signum):
+            return int(signum)
+    return None
+
+
 def _run_stage(run_dir: Path, stage: Stage, key: str, extra: tuple[str, ...] = ()) -> None:
     """Run ``stage``'s commands (each with ``extra`` arguments, which are not part of its inputs:
     where its Ray cluster is) under a record that says how it went; raise if it did not finish."""
@@ -172,7 +183,7 @@ def _run_stage(run_dir: Path, stage: Stage, key: str, extra: tuple[str, ...] = (
     for command in stage.commands:
         code, reason = _run_command(command + extra, run_dir / RECORDS / f"{stage.name}.log")
         if code:
-            signum = code - 128 if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) else None
+            signum = _stopping_signal(code)
             _write_record(run_dir, stage, {**record, "state": "interrupted" if signum else "failed",
                                            "reason": reason, "exit_code": code, "finished": time.time()})
             if signum:

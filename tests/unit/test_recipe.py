@@ -124,3 +124,10 @@ def test_the_runner_skips_what_is_done_records_failures_and_reruns_what_reads_a_
     run_stages(run, [first, fixed], start_from="first", log=lines.append)
     assert [s.state for s in run_status(run, [first, fixed])] == ["done", "done"]
     assert sum(line.endswith("skipped") for line in lines) == 1
+
+
+def test_a_stage_ended_by_ctrl_c_or_term_is_interrupted_whether_it_exited_or_the_signal_ended_it():
+    from gts_megatron.recipe.runner import _stopping_signal
+
+    assert [_stopping_signal(code) for code in (130, -2, 143, -15)] == [2, 2, 15, 15]
+    assert [_stopping_signal(code) for code in (1, 2, -9, 137, -6)] == [None] * 5  # failures, the OOM killer
