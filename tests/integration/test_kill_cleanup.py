@@ -3,6 +3,7 @@ writer's temporary folder and ends with the output a clean run writes, byte for 
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,37 +19,39 @@ def _tree(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _kill_once_writing(args: list[str], out: Path, timeout: float = 120) -> None:
-    """Start `gts <args>`, kill -9 it as soon as its temporary output folder exists."""
-    proc = subprocess.Popen(gts_cmd(*args), env=gts_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    try:
-        while not list(out.parent.glob(f".{out.name}.tmp-*")):
-            assert proc.poll() is None, "the command finished before it could be killed"
-            assert time.time() < deadline, "no temporary folder appeared"
-            time.sleep(0.05)
-    finally:
-        kill_tree(proc)
-        proc.wait()
+def _kill_once_writing(args: list[str], out: Path, inside: str = "") -> None:
+    """Kill -9 `gts <args>` as soon as its temporary output folder exists and holds a path matching
+    the glob ``inside`` (when given): a later moment of the write."""
+
+    def moment() -> bool:
+        try:
+            tmp = list(out.parent.glob(f".{out.name}.tmp-*"))
+            return bool(tmp) and (not inside or any(tmp[0].glob(inside)))
+        except FileNotFoundError:  # renamed into place while we looked: the moment passed
+            return False
+
+    _kill_when(args, moment, 0.0, reset=out.parent)
     assert list(out.parent.glob(f".{out.name}.tmp-*")) and not out.exists()  # debris, as a kill leaves it
 
 
-def test_kill_9_during_data_prepare_then_rerun_leaves_no_temporary_and_equals_a_clean_run(tmp_path):
+@pytest.mark.parametrize("inside", ["", "**/*.bin"], ids=["as-the-folder-appears", "mid-tokenizing"])
+def test_kill_9_during_data_prepare_then_rerun_leaves_no_temporary_and_equals_a_clean_run(tmp_path, inside):
     corpus = write_corpus(tmp_path / "corpus", docs_per_lang=400)
     flags = ["--vocab-size", "300", "--sample-characters", "50000"]
     run_gts("data", "prepare", "--corpus", str(corpus), "--out", str(tmp_path / "clean"), *flags)
     out = tmp_path / "killed" / "data"
-    _kill_once_writing(["data", "prepare", "--corpus", str(corpus), "--out", str(out), *flags], out)
+    _kill_once_writing(["data", "prepare", "--corpus", str(corpus), "--out", str(out), *flags], out, inside)
     run_gts("data", "prepare", "--corpus", str(corpus), "--out", str(out), *flags)
     assert sorted(p.name for p in out.parent.iterdir()) == ["data"]
     assert _tree(out) == _tree(tmp_path / "clean")
 
 
-def test_kill_9_during_import_hf_then_rerun_leaves_no_temporary_and_equals_a_clean_run(tmp_path):
+@pytest.mark.parametrize("inside", ["", ".tmp-iter_*"], ids=["as-the-folder-appears", "mid-save"])
+def test_kill_9_during_import_hf_then_rerun_leaves_no_temporary_and_equals_a_clean_run(tmp_path, inside):
     src = make_hf_model("llama", tmp_path / "hf")
     run_gts("import-hf", str(src), "--out", str(tmp_path / "clean"))
     out = tmp_path / "killed" / "imported"
-    _kill_once_writing(["import-hf", str(src), "--out", str(out)], out)
+    _kill_once_writing(["import-hf", str(src), "--out", str(out)], out, inside)
     run_gts("import-hf", str(src), "--out", str(out))
     assert sorted(p.name for p in out.parent.iterdir()) == ["imported"]
     clean, rerun = _tree(tmp_path / "clean"), _tree(out)
@@ -59,20 +62,28 @@ def test_kill_9_during_import_hf_then_rerun_leaves_no_temporary_and_equals_a_cle
                                                                       "iter_0000000/meta.json"]
 
 
-def _kill_when(args: list[str], appeared, delay: float, timeout: float = 120, env: dict | None = None) -> None:
-    """Start `gts <args>` and kill -9 it (and its children) ``delay`` s after ``appeared()`` holds."""
-    proc = subprocess.Popen(gts_cmd(*args), env={**gts_env(), **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    try:
-        while not appeared():
-            assert proc.poll() is None, "the command finished before it could be killed"
-            assert time.time() < deadline, "the moment to kill never came"
-            time.sleep(0.02)
-        time.sleep(delay)
-    finally:
-        kill_tree(proc)
-        proc.wait()
+def _kill_when(args: list[str], appeared, delay: float, reset: Path, env: dict | None = None,
+               tries: int = 3, timeout: float = 120) -> None:
+    """Start `gts <args>` and kill -9 it (and its children) ``delay`` s after ``appeared()`` holds.
+    A moment can pass between two polls (a tiny save takes milliseconds): a command that finishes
+    first is started again, after removing ``reset``, up to ``tries`` times."""
+    for _ in range(tries):
+        shutil.rmtree(reset, ignore_errors=True)
+        proc = subprocess.Popen(gts_cmd(*args), env={**gts_env(), **(env or {})}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        try:
+            while not appeared() and proc.poll() is None:
+                assert time.time() < deadline, "the moment to kill never came"
+                time.sleep(0.01)
+            if proc.poll() is None:
+                time.sleep(delay)
+                kill_tree(proc)
+                return
+        finally:
+            proc.kill()
+            proc.wait()
+    raise AssertionError(f"the command finished before the moment to kill it, {tries} times")
 
 
 def _equal(x, y) -> bool:
@@ -121,7 +132,7 @@ def test_kill_9_during_expand_then_rerun_leaves_no_temporary_and_equals_a_clean_
                                                                                     delay):
     args = _expand_args(gts_setup)
     out = tmp_path / "killed"
-    _kill_when([*args, str(out)], lambda: (out / ".tmp-iter_0000000").exists(), delay)
+    _kill_when([*args, str(out)], lambda: (out / ".tmp-iter_0000000").exists(), delay, reset=out)
     run_gts(*args, str(out))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     _same_checkpoint(clean / "moe", out)
@@ -134,7 +145,7 @@ def test_kill_9_during_a_checkpoint_save_then_resume_leaves_no_temporary_and_equ
     run = tmp_path / "killed"
     ckpts = run / "checkpoints"
     # the kill lands in the save of step 4: one complete checkpoint (step 2) to resume from
-    _kill_when([*args, str(run)], lambda: (ckpts / ".tmp-iter_0000004").exists(), delay)
+    _kill_when([*args, str(run)], lambda: (ckpts / ".tmp-iter_0000004").exists(), delay, reset=run)
     run_gts(*args, str(run))
     assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]
     _same_checkpoint(clean / "pretrain" / "checkpoints", ckpts)
@@ -147,7 +158,7 @@ def test_kill_9_of_a_two_process_run_then_rerun_leaves_nothing_in_the_temporary_
     scratch.mkdir()
     env = {"TMPDIR": str(scratch)}
     args = ["pretrain", "--config", TINY, "--nproc-per-node", "2", "--set", "train.steps=4", "--run-dir", str(run)]
-    _kill_when(args, lambda: (run / "metrics.jsonl").exists(), 0.0, env=env)
+    _kill_when(args, lambda: (run / "metrics.jsonl").exists(), 0.0, reset=run, env=env)
     assert [p.name for p in scratch.glob("gts-launch-*")]  # what the kill left
     run_gts(*args, env=env)
     assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor")] == []
