@@ -114,8 +114,8 @@ COMMANDS = (
     Command("bench stability", "bench", "stability", "Probe once per seed and compare: similarity Spearman, "
             "grouping ARI, MoE layers, family ARI.", "StabilityConfig",
             ("base", "data", "languages", "steps", "lr", "micro_batch_size", "global_batch_size", "tokens_per_step",
-             "seq_length", "delta", "sketch_size", "exact", "cpus_per_probe", "executor", "seeds", "k", "epsilon",
-             "out")),
+             "seq_length", "delta", "sketch_size", "exact", "cpus_per_probe", "executor", "seeds", "k", "methods",
+             "epsilon", "out")),
     Command("bench layout", "bench", "layout", "A PP x TP x EP x DP layout for a GtS model on a GPU cluster: "
             "memory per GPU, pipeline bubble, all-to-all volume (computed).", "BenchLayoutConfig", ("*",)),
     Command("bench plan", "bench", "plan", "Time a plan for many languages from sketches (planted families)."),

@@ -7,6 +7,9 @@ from pydantic import Field, model_validator
 
 from gts_megatron.config.run import _Section
 
+# the ways `gts plan` can group languages from their similarity (gts_megatron.plan.grouping.METHODS)
+GroupingMethod = Literal["balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative"]
+
 
 class PrepareConfig(_Section):
     """`gts data prepare`: corpus directory -> tokenizer -> per-language token datasets."""
@@ -97,6 +100,9 @@ class StabilityConfig(ProbeConfig):
 
     seeds: list[int] = Field([1, 2, 3], description="probe seeds to compare (comma-separated, at least two)")
     k: int = Field(4, ge=1, description="groups of each seed's plan")
+    methods: list[GroupingMethod] = Field(
+        ["balanced"], description="grouping methods to compare on the same probes (comma-separated, as `gts plan "
+                                  "--method`; agglomerative is cut into k groups)")
     epsilon: float = Field(0.6, gt=0, le=1, description="the plan's layer-selection threshold (as `gts plan`)")
     out: str = Field("runs/stability", description="one probe store per seed, and stability.json")
 
@@ -115,7 +121,7 @@ class PlanConfig(_Section):
         None, description="instead of probes: a JSON of {lang: {delta_norm_ffn: [...], delta_norm_att: [...]}} "
                           "(layer selection only; groups then come from --groups-map)")
     languages: Optional[list[str]] = Field(None, description="languages to plan for; null = every probed one")
-    method: Literal["balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative", "map"] = Field(
+    method: Literal[GroupingMethod, "map"] = Field(
         "balanced", description="grouping: the paper's balanced greedy (exhaustive for small n), average-linkage "
                                 "agglomerative, or a given map")
     k: Optional[int] = Field(None, ge=1, description="number of groups (experts); agglomerative: null = best silhouette")

@@ -119,6 +119,20 @@ def agglomerative(distance: np.ndarray, k: Optional[int] = None, threshold: Opti
     return _groups_from_labels(labels)
 
 
+METHODS = ("balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative")
+
+
+def by_method(method: str, distance: np.ndarray, k: Optional[int], threshold: Optional[float] = None
+              ) -> list[list[int]]:
+    """Groups by one of ``METHODS`` (``gts plan --method``; ``threshold`` is agglomerative's)."""
+    if method == "agglomerative":
+        return agglomerative(distance, k, threshold)
+    if method not in METHODS:
+        raise GtsError(f"grouping method {method!r}: expected one of {', '.join(METHODS)}")
+    return {"balanced": balanced, "balanced-exhaustive": balanced_exhaustive,
+            "balanced-greedy": balanced_greedy}[method](distance, k)
+
+
 def _groups_from_labels(labels) -> list[list[int]]:
     groups: dict[int, list[int]] = {}
     for index, label in enumerate(labels):

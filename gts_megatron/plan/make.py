@@ -77,11 +77,7 @@ def group(cfg: PlanConfig, languages: list[str], distance: Optional[np.ndarray])
         if not isinstance(mapping, dict):
             raise GtsError(f"{cfg.groups_map}: expected an object {{lang: group}}")
         return grouping.from_map(mapping, languages, cfg.groups_map)
-    if cfg.method == "agglomerative":
-        return grouping.agglomerative(distance, cfg.k, cfg.threshold)
-    method = {"balanced": grouping.balanced, "balanced-exhaustive": grouping.balanced_exhaustive,
-              "balanced-greedy": grouping.balanced_greedy}[cfg.method]
-    return method(distance, cfg.k)
+    return grouping.by_method(cfg.method, distance, cfg.k, cfg.threshold)
 
 
 def make_plan(cfg: PlanConfig, out: Path, log=print) -> Plan:

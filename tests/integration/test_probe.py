@@ -240,12 +240,17 @@ def test_bench_stability_compares_the_seeds_plans(probed, tmp_path):
     """Gradient probes of two seeds (other samples, other sketch hash) agree on the families."""
     args = ["bench", "stability", "--base", probed["base"], "--data", str(probed["data"]), "--lr", "1e-3",
             "--delta", "gradient", "--tokens-per-step", "512", "--seq-length", "64", "--executor", "process",
-            "--seeds", "1,2", "--k", "2", "--out", str(tmp_path)]
+            "--seeds", "1,2", "--k", "2", "--methods", "balanced,agglomerative", "--out", str(tmp_path)]
     out = run_gts(*args, timeout=600).stdout
     result = json.loads((tmp_path / "stability.json").read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seed-1", "seed-2", "stability.json"]
     (pair,) = result["pairs"]
-    assert pair["seeds"] == [1, 2] and pair["grouping_ari"] == 1.0 and pair["spearman"] > 0.5
+    assert pair["seeds"] == [1, 2] and pair["spearman"] > 0.5
+    assert pair["grouping_ari"] == {"balanced": 1.0, "agglomerative": 1.0}
+    families = probed["families"]
+    planted = sorted(sorted(lang for lang in families if families[lang] == f) for f in set(families.values()))
+    for seed in result["seeds"].values():  # both methods find the planted families
+        assert [sorted(sorted(g) for g in seed["groups"][m]) for m in ("balanced", "agglomerative")] == [planted] * 2
     assert result["probe"]["tokens_per_probe"] == 10 * 512
     assert "min Spearman" in out
     rerun = run_gts(*args, timeout=600).stdout  # every seed's probes are kept: nothing probed again

@@ -61,10 +61,10 @@ def labels_of(groups, n):
     return out.tolist()
 
 
-@pytest.mark.parametrize("method", [grouping.balanced_exhaustive, grouping.balanced_greedy, grouping.balanced])
+@pytest.mark.parametrize("method", ["balanced-exhaustive", "balanced-greedy", "balanced"])
 def test_balanced_grouping_recovers_planted_clusters(method):
     distance, truth = planted_distance([3, 3, 3, 3])
-    groups = method(distance, 4)
+    groups = grouping.by_method(method, distance, 4)
     assert sorted(len(g) for g in groups) == [3, 3, 3, 3]
     assert adjusted_rand_index(truth.tolist(), labels_of(groups, 12)) == 1.0
 
@@ -84,9 +84,14 @@ def test_exhaustive_takes_the_tightest_subset_first_and_is_deterministic():
 
 def test_agglomerative_with_k_threshold_or_silhouette():
     distance, truth = planted_distance([2, 5, 3])  # unequal sizes: only agglomerative fits them
-    for groups in (grouping.agglomerative(distance, k=3), grouping.agglomerative(distance),
+    for groups in (grouping.by_method("agglomerative", distance, 3), grouping.agglomerative(distance),
                    grouping.agglomerative(distance, threshold=0.3)):
         assert adjusted_rand_index(truth.tolist(), labels_of(groups, 10)) == 1.0
+
+
+def test_an_unknown_grouping_method_is_refused_naming_the_valid_ones():
+    with pytest.raises(GtsError, match="'kmeans': expected one of balanced, balanced-exhaustive"):
+        grouping.by_method("kmeans", planted_distance([2, 2])[0], 2)
 
 
 def test_balanced_groups_differ_in_size_by_at_most_one_when_k_does_not_divide():
