@@ -90,6 +90,25 @@ def _checkpoint(t: Path, fixtures: dict, spoil: Callable[[Path], None]) -> list[
     return ["eval", "--checkpoint", str(ckpt), "--data", str(fixtures["data"]), "--out", str(t / "eval.json")]
 
 
+def _flip_a_tensor(ckpt: Path) -> None:
+    """Eight bytes inverted in the middle of the largest shard: inside a tensor, sizes unchanged."""
+    shard = max(ckpt.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 8])
+    shard.write_bytes(bytes(data))
+
+
+def _flipped(t: Path, fixtures: dict, command: str) -> list[str]:
+    """``command`` given a dense checkpoint with a corrupted tensor."""
+    ckpt = t / "ckpt" / "iter_0000002"
+    shutil.copytree(fixtures["dense"], ckpt)
+    _flip_a_tensor(ckpt)
+    if command == "expand":
+        write_family_plan(fixtures["data"], t / "plan.json")
+        return ["expand", "--dense", str(ckpt), "--plan", str(t / "plan.json"), "--out", str(t / "moe")]
+    return ["export-hf", str(ckpt), "--out", str(t / "hf")]
+
+
 def _meta(change: dict) -> Callable[[Path], None]:
     def spoil(ckpt: Path) -> None:
         meta = json.loads((ckpt / "meta.json").read_text())
@@ -202,6 +221,9 @@ CASES = {
     "checkpoint-meta-version": (lambda t, f: _checkpoint(t, f, _meta({"version": 9})), ["meta.json", "version 9"]),
     "checkpoint-meta-field": (lambda t, f: _checkpoint(t, f, _meta({"stepz": 1})), ["meta.json", "stepz"]),
     "checkpoint-meta-type": (lambda t, f: _checkpoint(t, f, _meta({"step": "one"})), ["meta.json", "step"]),
+    "checkpoint-flipped-tensor-eval": (lambda t, f: _checkpoint(t, f, _flip_a_tensor), [".distcp", "checksum"]),
+    "checkpoint-flipped-tensor-expand": (lambda t, f: _flipped(t, f, "expand"), [".distcp", "checksum"]),
+    "checkpoint-flipped-tensor-export-hf": (lambda t, f: _flipped(t, f, "export-hf"), [".distcp", "checksum"]),
     # Hugging Face folder -> gts import-hf
     "hf-missing": (lambda t, f: ["import-hf", str(t / "none"), "--out", str(t / "imported")], ["none"]),
     "hf-no-config": (lambda t, f: _hf(t, None), ["config.json"]),
