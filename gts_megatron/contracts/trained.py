@@ -13,7 +13,6 @@ from gts_megatron.contracts.checkpoint import LATEST_FILE, META_FILE, Checkpoint
 from gts_megatron.contracts.plan import Plan
 from gts_megatron.data.manifest import Manifest
 from gts_megatron.errors import GtsError
-from gts_megatron.model.sizes import count_parameters, moe_parameter_counts
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -71,12 +70,6 @@ class TrainedModel:
             return 1
         trained = self.meta.topk if self.stage == "learned" else MoEConfig().topk
         return min(trained, self.plan.num_experts)
-
-    def parameters(self, routing: Optional[str]) -> tuple[int, int]:
-        """(total, active per token) parameters."""
-        if self.plan is None:
-            return count_parameters(self.config), count_parameters(self.config)
-        return moe_parameter_counts(self.config, self.plan, self.topk(routing))
 
     def check_tokens(self, data_dir: Path, manifest: Manifest) -> None:
         """Refuse data tokenized otherwise than the model's training data."""

@@ -19,6 +19,7 @@ from gts_megatron.contracts.trained import TrainedModel
 from gts_megatron.engine.checkpoint import load_trained
 from gts_megatron.eval.windows import Windows, heldout_tokens, sliding_windows
 from gts_megatron.model.gts import ROUTING
+from gts_megatron.model.sizes import parameter_counts
 from gts_megatron.runtime.distributed import init_runtime, shutdown_runtime
 
 
@@ -87,7 +88,7 @@ def evaluate_checkpoint(cfg: EvalConfig, out: Optional[Path] = None, log=print) 
 
     held_out = {lang: windows_of(lang, cfg.split) for lang in languages}
     candidates = {lang: windows_of(lang, "valid") for lang, g in groups.items() if routing == "group" and g is None}
-    total, active = trained.parameters(routing)
+    total, active = parameter_counts(trained.config, trained.plan, trained.topk(routing))
     result = {"checkpoint": str(trained.path), "step": trained.step, "stage": trained.stage, "routing": routing,
               "data": str(data_dir), "split": cfg.split, "window": window, "stride": stride,
               "parameters": {"total": total, "active": active}, "languages": {}}

@@ -2,6 +2,8 @@
 summary, HF import, `gts bench layout`) count without importing megatron."""
 from __future__ import annotations
 
+from typing import Optional
+
 from gts_megatron.config import ModelConfig
 from gts_megatron.contracts.plan import Plan
 from gts_megatron.model.vocab import padded_vocab_size
@@ -34,3 +36,10 @@ def moe_parameter_counts(model: ModelConfig, plan: Plan, topk: int) -> tuple[int
     dense = count_parameters(model)
     return (dense + layers * ((plan.num_experts - 1) * expert + router),
             dense + layers * ((topk - 1) * expert + router))
+
+
+def parameter_counts(model: ModelConfig, plan: Optional[Plan] = None, topk: int = 1) -> tuple[int, int]:
+    """(total, active per token) parameters: the dense model's, or with ``plan`` the expanded one's."""
+    if plan is None:
+        return count_parameters(model), count_parameters(model)
+    return moe_parameter_counts(model, plan, topk)
