@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 
 from gts_megatron.config.run import _Section
 
-# the ways `gts plan` can group languages from their similarity (gts_megatron.plan.grouping.METHODS)
+# the ways `gts plan` can group languages from their similarity (gts_megatron.plan.grouping.by_method)
 GroupingMethod = Literal["balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative"]
 
 

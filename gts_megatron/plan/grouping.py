@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import typing
 from typing import Optional
 
 import numpy as np
 
+from gts_megatron.config.commands import GroupingMethod
 from gts_megatron.errors import GtsError
 
 EXHAUSTIVE_LIMIT = 200_000  # subsets examined per group before "balanced" switches to greedy
@@ -119,7 +121,7 @@ def agglomerative(distance: np.ndarray, k: Optional[int] = None, threshold: Opti
     return _groups_from_labels(labels)
 
 
-METHODS = ("balanced", "balanced-exhaustive", "balanced-greedy", "agglomerative")
+METHODS = typing.get_args(GroupingMethod)
 
 
 def by_method(method: str, distance: np.ndarray, k: Optional[int], threshold: Optional[float] = None
@@ -127,10 +129,10 @@ def by_method(method: str, distance: np.ndarray, k: Optional[int], threshold: Op
     """Groups by one of ``METHODS`` (``gts plan --method``; ``threshold`` is agglomerative's)."""
     if method == "agglomerative":
         return agglomerative(distance, k, threshold)
-    if method not in METHODS:
+    rules = {"balanced": balanced, "balanced-exhaustive": balanced_exhaustive, "balanced-greedy": balanced_greedy}
+    if method not in rules:
         raise GtsError(f"grouping method {method!r}: expected one of {', '.join(METHODS)}")
-    return {"balanced": balanced, "balanced-exhaustive": balanced_exhaustive,
-            "balanced-greedy": balanced_greedy}[method](distance, k)
+    return rules[method](distance, k)
 
 
 def _groups_from_labels(labels) -> list[list[int]]:

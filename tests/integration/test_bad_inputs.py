@@ -17,6 +17,7 @@ from typing import Callable
 import pytest
 
 from tests.conftest import TINY, indexed_args, run_gts, write_corpus, write_family_plan
+from tests.integration.test_checkpoint_integrity import _flip_bytes_in_the_largest_shard
 from tests.integration.test_hf import make_hf_model
 
 
@@ -90,19 +91,11 @@ def _checkpoint(t: Path, fixtures: dict, spoil: Callable[[Path], None]) -> list[
     return ["eval", "--checkpoint", str(ckpt), "--data", str(fixtures["data"]), "--out", str(t / "eval.json")]
 
 
-def _flip_a_tensor(ckpt: Path) -> None:
-    """Eight bytes inverted in the middle of the largest shard: inside a tensor, sizes unchanged."""
-    shard = max(ckpt.glob("*.distcp"), key=lambda p: p.stat().st_size)
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 8])
-    shard.write_bytes(bytes(data))
-
-
 def _flipped(t: Path, fixtures: dict, command: str) -> list[str]:
     """``command`` given a dense checkpoint with a corrupted tensor."""
     ckpt = t / "ckpt" / "iter_0000002"
     shutil.copytree(fixtures["dense"], ckpt)
-    _flip_a_tensor(ckpt)
+    _flip_bytes_in_the_largest_shard(ckpt)
     if command == "expand":
         write_family_plan(fixtures["data"], t / "plan.json")
         return ["expand", "--dense", str(ckpt), "--plan", str(t / "plan.json"), "--out", str(t / "moe")]
@@ -221,7 +214,7 @@ CASES = {
     "checkpoint-meta-version": (lambda t, f: _checkpoint(t, f, _meta({"version": 9})), ["meta.json", "version 9"]),
     "checkpoint-meta-field": (lambda t, f: _checkpoint(t, f, _meta({"stepz": 1})), ["meta.json", "stepz"]),
     "checkpoint-meta-type": (lambda t, f: _checkpoint(t, f, _meta({"step": "one"})), ["meta.json", "step"]),
-    "checkpoint-flipped-tensor-eval": (lambda t, f: _checkpoint(t, f, _flip_a_tensor), [".distcp", "checksum"]),
+    "checkpoint-flipped-tensor-eval": (lambda t, f: _checkpoint(t, f, _flip_bytes_in_the_largest_shard), [".distcp", "checksum"]),
     "checkpoint-flipped-tensor-expand": (lambda t, f: _flipped(t, f, "expand"), [".distcp", "checksum"]),
     "checkpoint-flipped-tensor-export-hf": (lambda t, f: _flipped(t, f, "export-hf"), [".distcp", "checksum"]),
     # Hugging Face folder -> gts import-hf
