@@ -54,7 +54,7 @@ COMMANDS = (
     Command("plan", "stages", "plan", "Group languages and choose MoE layers from probe results -> plan.json with "
             "figures.", "PlanConfig",
             ("probes", "deviations", "languages", "method", "k", "threshold", "groups_map", "similarity_layers",
-             "epsilon", "top_n")),
+             "epsilon", "top_n", "moe_layers")),
     Command("expand", "stages", "expand", "Turn a dense checkpoint into the planned MoE model "
             "(function-preserving)."),
     Command("train", "training", "train", "GtS training of the expanded model: --stage group (routed by language "

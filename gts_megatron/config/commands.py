@@ -130,6 +130,9 @@ class PlanConfig(_Section):
     similarity_layers: str = Field("last3", description="layers whose FFN deltas are compared: last3, all, or 0,5,7")
     epsilon: float = Field(0.6, ge=0, le=1, description="MoE layers: normalised mean FFN deviation >= epsilon")
     top_n: Optional[int] = Field(None, ge=1, description="MoE layers: the n layers that moved most (overrides epsilon)")
+    moe_layers: Optional[list[int]] = Field(
+        None, min_length=1, description="MoE layers named by index, e.g. 2 or 1,3 (overrides epsilon and top-n; "
+                                        "the deviation profile is still measured and drawn)")
     plots: bool = Field(True, description="write the PNG figures (the CSV/JSON numbers are always written)")
 
     @model_validator(mode="after")
@@ -143,6 +146,11 @@ class PlanConfig(_Section):
         if self.deviations is not None and self.method != "map":
             raise ValueError("--deviations has no deltas to compare languages with: use --method map with "
                              "--groups-map, or plan from --probes")
+        if self.moe_layers is not None:
+            if self.top_n is not None:
+                raise ValueError("give --top-n or --moe-layers, not both")
+            if min(self.moe_layers) < 0 or len(set(self.moe_layers)) != len(self.moe_layers):
+                raise ValueError(f"--moe-layers {self.moe_layers}: layer indices must be distinct and >= 0")
         return self
 
 

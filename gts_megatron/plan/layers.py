@@ -2,7 +2,7 @@
 
 The paper's rule: m[l] = mean over languages of the FFN deviation of layer l; min-max normalise m
 over layers; layer l is an MoE layer iff m_norm[l] >= epsilon (0.6 by default). Or the top-n
-layers by m.
+layers by m, or layers the user names (to measure a layer the rule would not pick).
 """
 from __future__ import annotations
 
@@ -37,8 +37,15 @@ def normalised_profile(matrix: np.ndarray) -> np.ndarray:
     return (mean - mean.min()) / span
 
 
-def select_layers(profile: np.ndarray, epsilon: Optional[float] = 0.6, top_n: Optional[int] = None) -> list[int]:
-    """Layers with normalised deviation >= ``epsilon``, or the ``top_n`` largest (ties: lower index)."""
+def select_layers(profile: np.ndarray, epsilon: Optional[float] = 0.6, top_n: Optional[int] = None,
+                  named: Optional[list[int]] = None) -> list[int]:
+    """Layers with normalised deviation >= ``epsilon``, or the ``top_n`` largest (ties: lower index),
+    or the ``named`` ones (checked against the model's layer count)."""
+    if named is not None:
+        beyond = [i for i in named if not 0 <= i < len(profile)]
+        if beyond:
+            raise GtsError(f"--moe-layers {beyond[0]}: the probed model has layers 0 to {len(profile) - 1}")
+        return sorted(named)
     if top_n is not None:
         if not 1 <= top_n <= len(profile):
             raise GtsError(f"--top-n {top_n}: must be between 1 and the {len(profile)} layers")

@@ -85,7 +85,8 @@ def make_plan(cfg: PlanConfig, out: Path, log=print) -> Plan:
     languages, ffn, attention, checksums, model = load_deviations(cfg)
     matrix = deviation_matrix(ffn)
     profile = normalised_profile(matrix)
-    moe_layers = select_layers(profile, None if cfg.top_n else cfg.epsilon, cfg.top_n)
+    rule_epsilon = None if cfg.top_n or cfg.moe_layers else cfg.epsilon  # drawn only when it chose the layers
+    moe_layers = select_layers(profile, rule_epsilon, cfg.top_n, cfg.moe_layers)
     if not moe_layers:
         raise GtsError(f"no layer reaches --epsilon {cfg.epsilon}; lower it or use --top-n")
     similarity = distance = None
@@ -110,7 +111,7 @@ def make_plan(cfg: PlanConfig, out: Path, log=print) -> Plan:
         write_plan(tmp / "plan.json", plan)
         atomic_write_text(tmp / "families.json", json.dumps(families, indent=1) + "\n")
         attention_matrix = deviation_matrix(attention, "delta_norm_att") if all(attention.values()) else None
-        plots.write_deviation_profile(tmp, matrix, profile, moe_layers, None if cfg.top_n else cfg.epsilon,
+        plots.write_deviation_profile(tmp, matrix, profile, moe_layers, rule_epsilon,
                                       attention_matrix, cfg.plots)
         plots.write_groups(tmp, languages, groups, cfg.plots)
         if similarity is not None:

@@ -42,6 +42,16 @@ def test_top_n_takes_the_layers_that_moved_most():
     assert select_layers(np.array([0.1, 0.9, 0.5, 0.8, 0.0]), top_n=3) == [1, 2, 3]
 
 
+def test_named_moe_layers_replace_the_rule_and_the_profile_is_still_drawn(tmp_path):
+    # bloom-560m's rule picks [0..4, 20..23]; a user measuring one later layer names it instead
+    run_gts("plan", "--deviations", str(STATS / "bloom-560m.json"), "--method", "map", "--moe-layers", "12,7",
+            "--groups-map", str(STATS / "expert-map-6groups-18langs.json"), "--out", str(tmp_path))
+    assert json.loads((tmp_path / "plan.json").read_text())["moe_layers"] == [7, 12]
+    drawn = json.loads((tmp_path / "deviations.json").read_text())
+    assert drawn["selected_layers"] == [7, 12] and drawn["epsilon"] is None
+    assert len(drawn["normalised_ffn"]) == 24
+
+
 def planted_distance(sizes, seed=0, spread=0.05):
     """Distances with tight planted clusters (languages of one cluster close, others far)."""
     rng = np.random.default_rng(seed)
@@ -146,6 +156,8 @@ def test_plan_from_a_probe_store_recovers_planted_families(tmp_path):
     ("missing_probe", ["no probe for language 'l999'"]),
     ("nan_deviation", ["l003.json: delta_norm_ffn is not finite at layer(s) [2]"]),
     ("flat_profile", ["every layer has the same mean deviation"]),
+    ("layer_beyond_the_model", ["--moe-layers 8: the probed model has layers 0 to 7"]),
+    ("layers_and_top_n", ["give --top-n or --moe-layers, not both"]),
 ])
 def test_bad_plan_input_is_refused_with_nothing_written(tmp_path, case, fragments):
     planted_probe_store(tmp_path / "probes", languages=12, families=3, layers=8, sketch_size=64)
@@ -166,6 +178,10 @@ def test_bad_plan_input_is_refused_with_nothing_written(tmp_path, case, fragment
             result = json.loads((tmp_path / "probes" / f"{name}.json").read_text())
             result["delta_norm_ffn"] = [1.0] * 8
             (tmp_path / "probes" / f"{name}.json").write_text(json.dumps(result))
+    elif case == "layer_beyond_the_model":
+        args += ["--moe-layers", "3,8"]
+    elif case == "layers_and_top_n":
+        args += ["--moe-layers", "3", "--top-n", "2"]
     proc = run_gts("plan", "--probes", str(tmp_path / "probes"), *args, "--out", str(tmp_path / "plan"), check=False)
     assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "plan").exists()
