@@ -24,7 +24,7 @@ from gts_megatron.artifacts import atomic_write_text, claim_directory
 from gts_megatron.config import AdaptConfig, MoEConfig, ParallelConfig, build_config
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.data.mixture import check_data
-from gts_megatron.engine.checkpoint import load_trained, unwrap, write_moe_checkpoint
+from gts_megatron.engine.checkpoint import Checkpointable, load_trained, unwrap, write_moe_checkpoint
 from gts_megatron.contracts.checkpoint import finished_checkpoint as finished
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.contracts.trained import TrainedModel
@@ -74,7 +74,7 @@ def write_extended_checkpoint(old: TrainedModel, plan: Plan, source_expert: int,
             state = cloned_state(unwrap(old_model).state_dict(), unwrap(new_model).state_dict(),
                                  source_expert, plan.num_experts - 1)
             unwrap(new_model).load_state_dict(state, strict=False)
-        return write_moe_checkpoint(out, new_model, old.config, plan, old.meta.tokenizer)
+        return write_moe_checkpoint(out, Checkpointable(new_model, old.config), plan, old.meta.tokenizer)
     finally:
         shutdown_runtime()
 

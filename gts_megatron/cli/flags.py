@@ -37,9 +37,12 @@ def add_field_flags(p: argparse.ArgumentParser, section, names: list[str]) -> No
         if field.annotation is bool:
             p.add_argument(flag, action="store_true", default=None, help=description)
             continue
-        default = field.get_default(call_default_factory=True)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{description} (default {shown})"
+        if field.is_required():
+            help_text = f"{description} (required)"
+        else:
+            default = field.get_default(call_default_factory=True)
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            help_text = f"{description} (default {shown})"
         if typing.get_origin(field.annotation) is Literal:
             choices = typing.get_args(field.annotation)
             p.add_argument(flag, type=type(choices[0]), choices=choices, help=help_text)

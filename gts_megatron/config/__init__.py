@@ -8,16 +8,16 @@
 - :mod:`.loading`: YAML, model presets and ``--set`` overrides. Unknown keys, wrong types and
   impossible values are refused with a one-line :class:`GtsError` naming the file and field.
 """
-from gts_megatron.config.commands import (AdaptConfig, EvalConfig, ExperimentConfig, ExportHfConfig, ImportHfConfig,
-                                          MechanismConfig, PlanConfig, PrepareConfig, ProbeConfig, StabilityConfig,
-                                          SyntheticDataConfig)
+from gts_megatron.config.commands import (AdaptConfig, EvalConfig, ExpandConfig, ExperimentConfig, ExportHfConfig,
+                                          ImportHfConfig, MechanismConfig, PlanConfig, PrepareConfig, ProbeConfig,
+                                          StabilityConfig, SyntheticDataConfig)
 from gts_megatron.config.bench import BenchDispatchConfig, BenchLayoutConfig, BenchProbesConfig, BenchTrainConfig
 from gts_megatron.config.launch import SlurmJobConfig
 from gts_megatron.config.loading import (apply_overrides, build_config, build_options, describe_fields, dump_config,
                                          load_config, model_presets, parse_yaml)
 from gts_megatron.config.run import DataConfig, ModelConfig, MoEConfig, ParallelConfig, RunConfig, TrainConfig
 
-__all__ = ["AdaptConfig", "BenchDispatchConfig", "BenchLayoutConfig", "BenchProbesConfig", "BenchTrainConfig", "DataConfig", "EvalConfig", "ExperimentConfig", "ExportHfConfig", "ImportHfConfig", "MechanismConfig", "ModelConfig", "MoEConfig",
+__all__ = ["AdaptConfig", "BenchDispatchConfig", "BenchLayoutConfig", "BenchProbesConfig", "BenchTrainConfig", "DataConfig", "EvalConfig", "ExpandConfig", "ExperimentConfig", "ExportHfConfig", "ImportHfConfig", "MechanismConfig", "ModelConfig", "MoEConfig",
            "ParallelConfig", "PlanConfig", "PrepareConfig", "ProbeConfig", "RunConfig", "SlurmJobConfig", "StabilityConfig",
            "SyntheticDataConfig", "TrainConfig", "apply_overrides", "build_config", "build_options", "describe_fields", "dump_config",
            "load_config", "model_presets", "parse_yaml"]

@@ -154,6 +154,15 @@ class PlanConfig(_Section):
         return self
 
 
+class ExpandConfig(_Section):
+    """`gts expand`: how the dense checkpoint becomes the planned MoE model (its inputs aside)."""
+
+    seed: int = Field(1234, description="seed of the routers' initialisation")
+    optimizer_state: bool = Field(
+        False, description="also expand the dense run's Adam moments (each expert continues its MLP's), for "
+                           "training that continues them with train.init_optimizer=true")
+
+
 class SyntheticDataConfig(_Section):
     """`gts data synthetic`: token-level languages with planted families."""
 

@@ -153,6 +153,9 @@ class TrainConfig(_Section):
                              "the data after another run's (its consumed samples) instead of reading them again")
     init_from: Optional[str] = Field(
         None, description="checkpoint whose model weights start a new run (any parallel layout)")
+    init_optimizer: bool = Field(
+        False, description="with init_from: also start from its Adam moments (continued training, as Megatron-LM "
+                           "loading with --override-opt_param-scheduler); step, schedule and data start anew")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to <run>/tensorboard")
 
     def lr_at(self, step: int) -> float:

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint import FileSystemReader
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
@@ -140,11 +141,11 @@ def save_checkpoint(ckpt_root: Path, parts: Checkpointable, train_state: dict,
     return final
 
 
-def write_moe_checkpoint(out: Path, model, model_config: ModelConfig, plan: Plan,
-                         tokenizer: Optional[TokenizerRecord]) -> Path:
+def write_moe_checkpoint(out: Path, parts: Checkpointable, plan: Plan, tokenizer: Optional[TokenizerRecord]) -> Path:
     """Save a freshly built MoE model (by `gts expand` or `gts adapt`) as step 0 of ``out``: weights
-    only, with its plan, so that stage 1 of training starts from it."""
-    return save_checkpoint(out, Checkpointable(model, model_config), STEP_ZERO,
+    (and the optimizer's moments, when ``parts`` has an optimizer) with its plan, so that stage 1
+    of training starts from it."""
+    return save_checkpoint(out, parts, STEP_ZERO,
                            CheckpointRecord(stage="expand", topk=1, plan=plan, tokenizer=tokenizer))
 
 
@@ -165,9 +166,18 @@ def _have_apex_or_te() -> bool:
     return bool(getattr(distrib_optimizer, "HAVE_APEX_OR_TE", False))
 
 
-def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = None) -> dict:
+def has_optimizer_state(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` holds Adam's moments (a training run's checkpoints do; an
+    expansion without them, an import from Hugging Face or an exported model does not)."""
+    keys = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return any(key.startswith("optimizer.state.") for key in keys)
+
+
+def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = None, resume: bool = True) -> dict:
     """Load ``path`` into the model (and optimizer, scheduler, RNG when ``parts`` has an
     optimizer). Collective. An MoE model's checkpoint must match ``plan``'s experts and layers.
+    With ``resume=False`` an optimizer takes the checkpoint's moments only: the step count,
+    schedule and RNG of the new run start afresh, and its hyperparameters stay its own.
 
     Returns the saved training state ({"step", "consumed_samples", ...}). With only a model it is
     a weights-only load that works at any parallel layout; the RNG state is restored only when the
@@ -181,8 +191,11 @@ def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = No
         raise GtsError(f"resuming {path} needs apex or TransformerEngine: megatron-core 0.16.1 cannot "
                        f"reload its distributed optimizer's state without them; start a new run with "
                        f"train.init_from={path} (weights only) instead")
-    with_rng = full and meta.world_size == dist.get_world_size()
-    train_state = meta.train_state if full else None
+    if full and not resume and not has_optimizer_state(path):
+        raise GtsError(f"train.init_optimizer: checkpoint {path} holds weights only, no optimizer state "
+                       f"(`gts expand` keeps the base's with --optimizer-state); set train.init_optimizer=false")
+    with_rng = full and resume and meta.world_size == dist.get_world_size()
+    train_state = meta.train_state if full and resume else None
     request = _sharded_state(parts, train_state, with_rng, is_loading=True)
     try:
         loaded = dist_checkpointing.load(request, str(path))
@@ -197,6 +210,9 @@ def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = No
     if missing:
         raise GtsError(f"checkpoint {path} lacks {len(missing)} model tensors, e.g. {missing[0]}")
     _refuse_non_finite(path, parts.model)
+    if full and not resume:
+        _load_moments_only(parts.optimizer, loaded["optimizer"])
+        return dict(meta.train_state)
     if full:
         parts.optimizer.load_state_dict(loaded["optimizer"])
         if parts.scheduler is not None:
@@ -205,6 +221,18 @@ def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = No
             _set_rng_state(loaded["rng"])
         return dict(loaded["train_state"])
     return dict(meta.train_state)
+
+
+def _load_moments_only(optimizer, state: dict) -> None:
+    """Adam's moments and step from ``state``; the optimizer's own hyperparameters (betas, eps,
+    weight decay, as this run configures them) are put back over the checkpoint's."""
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    own = [[{k: v for k, v in group.items() if k != "params"} for group in part.optimizer.param_groups]
+           for part in parts]
+    optimizer.load_state_dict(state)
+    for part, groups in zip(parts, own):
+        for group, settings in zip(part.optimizer.param_groups, groups):
+            group.update(settings)
 
 
 def load_trained(trained: TrainedModel, routing: Optional[str]) -> torch.nn.Module:

@@ -1,6 +1,8 @@
 """Megatron's optimizer (AdamW, clipping, mixed precision) and learning-rate schedule."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -25,3 +27,19 @@ def build_optimizer(model, train: TrainConfig, model_cfg: ModelConfig, parallel:
         lr_decay_style=train.lr_decay, start_wd=train.weight_decay, end_wd=train.weight_decay,
         wd_incr_steps=decay_steps, wd_incr_style="constant")
     return optimizer, scheduler
+
+
+def adam_slots(optimizer, model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter, torch.optim.Optimizer]]:
+    """(name in ``model``, the parameter Adam keeps state for, the torch optimizer holding it) of
+    every trained parameter. Under mixed precision Adam's state sits on the fp32 master copy of the
+    model's parameter; ``model`` is the unwrapped GPTModel whose names the checkpoints use."""
+    names = {param: name for name, param in model.named_parameters()}
+    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if hasattr(part, "float16_groups"):  # megatron's Float16OptimizerWithFloat16Params
+            pairs = [pair for low, master in zip(part.float16_groups, part.fp32_from_float16_groups)
+                     for pair in zip(low, master)]
+            pairs += [(param, param) for group in part.fp32_from_fp32_groups for param in group]
+        else:
+            pairs = [(param, param) for group in part.optimizer.param_groups for param in group["params"]]
+        for model_param, adam_param in pairs:
+            yield names[model_param], adam_param, part.optimizer

@@ -23,6 +23,7 @@ from gts_megatron.engine.loop import (ForwardStep, SampleOrder, StopRequest, Tra
                                       lm_forward_step, log_validation, mean_reports, micro_batches, wrap_ddp)
 from gts_megatron.engine.metrics import RunLog
 from gts_megatron.engine.optim import build_optimizer
+from gts_megatron.errors import GtsError
 from gts_megatron.runtime.distributed import Runtime
 
 
@@ -77,9 +78,13 @@ class Trainer:
             self.state = ckpt.load_checkpoint(self.resumed_from, self._checkpointable(), self._plan())
             self.last_saved = self.state["step"]
         elif self.t.init_from:
+            moments = self.optimizer if self.t.init_optimizer else None
             ckpt.load_checkpoint(resolve_checkpoint(Path(self.t.init_from)),
-                                 ckpt.Checkpointable(self.model, self.cfg.model), self._plan())
-            self.optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
+                                 ckpt.Checkpointable(self.model, self.cfg.model, moments), self._plan(), resume=False)
+            if moments is None:
+                self.optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
+        elif self.t.init_optimizer:
+            raise GtsError("train.init_optimizer needs train.init_from, the checkpoint whose moments to start from")
         self.log = RunLog(self.run_dir, self.runtime.is_main, self.t, self.state["step"], self.spec.desc)
         if self.resumed_from is not None:
             if not (self.ckpt_root / LATEST_FILE).is_file():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from gts_megatron.artifacts import atomic_write_text, claim_directory
-from gts_megatron.config import ExperimentConfig, RunConfig
+from gts_megatron.config import ExpandConfig, ExperimentConfig, RunConfig
 from gts_megatron.data.manifest import load_manifest
 from gts_megatron.errors import GtsError, Interrupted
 from gts_megatron.eval.perplexity import evaluate_cached
@@ -83,7 +83,8 @@ def run_experiment(cfg: ExperimentConfig, train_cfg: RunConfig, out: Path, log: 
         if p is not None:
             from gts_megatron.expand import expand
 
-            init = expand(base.path, spec.plan, arm_dir / "moe", log=log)
+            init = expand(base.path, spec.plan, arm_dir / "moe", ExpandConfig(optimizer_state=run.train.init_optimizer),
+                          log=log)
         for stage, n in stages(arm, steps, cfg.learned_steps):
             run_dir = arm_dir / stage
             done = finished(run_dir, n)

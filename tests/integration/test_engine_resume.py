@@ -60,6 +60,27 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path, case, request):
     assert valid_loss(killed) == valid_loss(full)
 
 
+def test_init_optimizer_continues_adam_where_the_base_left_it(tmp_path):
+    """A new run from a checkpoint with train.init_optimizer trains exactly as the base run went on
+    (same losses, step for step); with a fresh Adam it does not."""
+    import json
+
+    constant = ["--config", TINY, "--set", "train.lr_decay=constant", "--set", "train.warmup_steps=0",
+                "--set", "train.log_interval=1"]
+    run_gts("pretrain", "--run-dir", str(tmp_path / "base"), *constant, "--set", "train.steps=6",
+            "--set", "train.save_interval=3", "--set", "train.keep_checkpoints=2")
+    middle = tmp_path / "base" / "checkpoints" / "iter_0000003"
+    consumed = json.loads((middle / "meta.json").read_text())["train_state"]["consumed_samples"]
+    went_on = [train_losses(tmp_path / "base")[step] for step in (4, 5, 6)]
+    for moments in ("true", "false"):
+        run_gts("pretrain", "--run-dir", str(tmp_path / moments), *constant, "--set", "train.steps=3",
+                "--set", f"train.init_from={middle}", "--set", f"train.data_offset={consumed}",
+                "--set", f"train.init_optimizer={moments}")
+    assert [train_losses(tmp_path / "true")[step] for step in (1, 2, 3)] == went_on
+    fresh = train_losses(tmp_path / "false")
+    assert fresh[1] == went_on[0] and fresh[3] != went_on[2]  # same weights, then other updates
+
+
 def test_sigterm_checkpoints_and_exits(tmp_path):
     args = ["--config", TINY, "--set", "train.steps=100000", "--set", "train.log_interval=1"]
     proc = subprocess.Popen(gts_cmd("pretrain", "--run-dir", str(tmp_path), *args), env=gts_env(),

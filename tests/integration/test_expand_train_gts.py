@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY, assert_one_line_error, indexed_args, read_metrics, run_gts
+from tests.conftest import TINY, assert_one_line_error, indexed_args, read_metrics, run_gts, train_losses
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +208,40 @@ def test_expand_refuses_a_plan_outside_the_model_and_skips_a_repeat(gts_setup, t
     again = run_gts("expand", "--dense", str(gts_setup["base"].parent), "--plan", str(gts_setup["plan"]),
                     "--out", str(gts_setup["moe"]))
     assert "already holds this expansion" in again.stdout
+
+
+def checkpoint_tensor(path, key):
+    """One tensor of a megatron dist-checkpoint, whole, read with torch's own DCP reader."""
+    import torch.distributed.checkpoint as dcp
+
+    shape = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata[key]
+    out = {key: torch.empty(shape.size, dtype=shape.properties.dtype)}
+    dcp.load(out, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+    return out[key]
+
+
+def test_expand_with_optimizer_state_gives_each_expert_its_mlps_adam_moments(gts_setup, tmp_path):
+    """Every expert continues its layer's dense MLP's moments (the router starts at zero ones), and
+    stage 1 starts from them with train.init_optimizer; without them that is refused by name."""
+    run_gts("expand", "--dense", str(gts_setup["base"]), "--plan", str(gts_setup["plan"]), "--out",
+            str(tmp_path / "moe"), "--optimizer-state")
+    moe, dense = tmp_path / "moe" / "iter_0000000", gts_setup["base"]
+    layer = json.loads(gts_setup["plan"].read_text())["moe_layers"][0]
+    other = 1 - layer  # a dense layer of the MoE model keeps its own moments
+    for moment in ("exp_avg", "exp_avg_sq"):
+        key = f"optimizer.state.{moment}.decoder.layers"  # the dense model's layers are stacked in one tensor
+        experts = checkpoint_tensor(moe, f"{key}.{layer}.mlp.experts.experts.linear_fc1.weight")
+        mlp = checkpoint_tensor(dense, f"{key}.mlp.linear_fc1.weight")[layer]
+        assert mlp.abs().sum() > 0 and all(torch.equal(expert, mlp) for expert in experts)
+        assert torch.equal(checkpoint_tensor(moe, f"{key}.{other}.mlp.linear_fc2.weight"),
+                           checkpoint_tensor(dense, f"{key}.mlp.linear_fc2.weight")[other])
+        assert not checkpoint_tensor(moe, f"{key}.{layer}.mlp.router.weight").any()
+    train = ["--stage", "group", *gts_setup["args"], "--set", "train.steps=2", "--set", "train.init_optimizer=true"]
+    run_gts("train", "--run-dir", str(tmp_path / "continued"), *train, "--set", f"train.init_from={tmp_path / 'moe'}")
+    assert sorted(train_losses(tmp_path / "continued")) == [1, 2]
+    proc = run_gts("train", "--run-dir", str(tmp_path / "refused"), *train, "--set",
+                   f"train.init_from={gts_setup['moe']}", check=False)
+    assert_one_line_error(proc, "train.init_optimizer", "holds weights only, no optimizer state", "--optimizer-state")
 
 
 @pytest.mark.slow

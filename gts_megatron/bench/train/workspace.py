@@ -11,7 +11,8 @@ from pathlib import Path
 
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.bench import quiet
-from gts_megatron.config import ExportHfConfig, ParallelConfig, RunConfig, SyntheticDataConfig, build_config
+from gts_megatron.config import (ExpandConfig, ExportHfConfig, ParallelConfig, RunConfig, SyntheticDataConfig,
+                                 build_config)
 from gts_megatron.config.bench import DEEPSPEED_ARMS, BenchTrainConfig
 from gts_megatron.contracts.plan import Plan, write_plan
 from gts_megatron.data.families import write_synthetic
@@ -85,7 +86,7 @@ def prepare(opts: BenchTrainConfig, root: Path, log) -> Workspace:
         save_checkpoint(ws.dense, Checkpointable(dense, model), STEP_ZERO)
     finally:
         shutdown_runtime()
-    expand(ws.dense, ws.plan, ws.gts, seed=opts.seed, log=quiet)
+    expand(ws.dense, ws.plan, ws.gts, ExpandConfig(seed=opts.seed), log=quiet)
     if any(arm in DEEPSPEED_ARMS for arm in opts.arm_names):
         from transformers.utils import logging as hf_logging
 

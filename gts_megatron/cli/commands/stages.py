@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gts_megatron.config import ExpandConfig
 from gts_megatron.contracts.plan import changed_inputs, load_plan
 from gts_megatron.errors import GtsError
 from gts_megatron.plan.make import make_plan
@@ -45,6 +46,9 @@ def expand_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234, help="seed of the routers' initialisation")
     p.add_argument("--force", action="store_true",
                    help="expand even if the probe results the plan was made from have changed since")
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="also expand the dense run's Adam moments (each expert continues its MLP's), for training "
+                        "that continues them with train.init_optimizer=true")
 
 
 def expand(args: argparse.Namespace, _options) -> int:
@@ -55,7 +59,8 @@ def expand(args: argparse.Namespace, _options) -> int:
         raise GtsError(f"{args.plan}: {len(changed)} of its input files changed since it was made (e.g. {changed[0]}); "
                        f"run `gts plan` again, or pass --force to expand with it as it is")
 
-    run_expand(Path(args.dense), Path(args.plan), Path(args.out or Path(args.run_dir) / "moe"), args.seed)
+    run_expand(Path(args.dense), Path(args.plan), Path(args.out or Path(args.run_dir) / "moe"),
+               ExpandConfig(seed=args.seed, optimizer_state=args.optimizer_state))
     return 0
 
 
