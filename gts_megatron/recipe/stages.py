@@ -175,8 +175,9 @@ def _method_stages(at: _Layout) -> list[Stage]:
             (Path(recipe.plan.groups_map),) if recipe.plan.groups_map else ()),
     ]
     if not at.seeds:  # else each GtS arm of the comparison expands its own
+        moments = ["--optimizer-state"] if at.training(recipe.train.steps).train.init_optimizer else []
         stages.append(Stage("expand", "the dense base as the planned MoE model", (_gts(
-            "expand", "--dense", str(at.base), "--plan", str(at.plan), "--out", str(at.run / "moe")),),
+            "expand", "--dense", str(at.base), "--plan", str(at.plan), "--out", str(at.run / "moe"), *moments),),
             at.run / "moe", (base_stage, "plan")))
     return stages
 

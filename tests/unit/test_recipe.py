@@ -46,8 +46,15 @@ def test_an_hf_recipe_runs_its_stages_in_order_with_the_imported_tokenizer(tmp_p
 def test_a_pretrained_base_trains_on_the_prepared_data_first(tmp_path):
     path = _recipe(tmp_path)
     path.write_text(path.read_text().replace("base: {hf: hf}", "base: {pretrain_steps: 30}"))
-    names = [s.name for s in recipe_stages(load_recipe(path))]
-    assert names == ["data", "base", "probe", "plan", "expand", "group", "learned", "eval"]
+    stages = recipe_stages(load_recipe(path))
+    assert [s.name for s in stages] == ["data", "base", "probe", "plan", "expand", "group", "learned", "eval"]
+    assert "--optimizer-state" not in stages[4].commands[0]
+    # stages that continue the base's Adam moments get them expanded; the base's own run does not ask
+    path.write_text(path.read_text().replace("learned_steps: 4}", "learned_steps: 4, set: [train.init_optimizer=true]}"))
+    stages = {s.name: s for s in recipe_stages(load_recipe(path))}
+    assert "--optimizer-state" in stages["expand"].commands[0]
+    assert "train.init_optimizer=true" in stages["group"].commands[0]
+    assert "train.init_optimizer=true" not in stages["base"].commands[0]
 
 
 @pytest.mark.parametrize("extra, fragment", [
