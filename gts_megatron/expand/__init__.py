@@ -111,12 +111,11 @@ def expand(dense: Path, plan_path: Path, out: Path, options: Optional[ExpandConf
         dense_model = build_model(model_cfg, dense_config)
         moe_model, moe_config = build_moe_model(model_cfg, parallel, MoEConfig(plan=str(plan_path), stage="group"),
                                                 plan)
-        moe_optimizer = None
+        dense_optimizer = moe_optimizer = None
         if optimizer_state:
             dense_model, dense_optimizer = _with_optimizer(dense_model, dense_config, model_cfg, parallel)
             moe_model, moe_optimizer = _with_optimizer(moe_model, moe_config, model_cfg, parallel)
-        load_checkpoint(dense, Checkpointable(dense_model, model_cfg, dense_optimizer if optimizer_state else None),
-                        resume=False)
+        load_checkpoint(dense, Checkpointable(dense_model, model_cfg, dense_optimizer), resume=False)
         with torch.no_grad():
             state = expert_weights_from_dense(unwrap(dense_model).state_dict(), unwrap(moe_model).state_dict())
             unwrap(moe_model).load_state_dict(state, strict=False)
