@@ -99,9 +99,11 @@ def test_the_demo_recipes_build_the_corpus_compare_over_seeds_and_report(tmp_pat
     assert by_name["corpus"].commands[0][-2:] == ("--languages", "ar,de,en,es,fa,fr,it,ko,ru,tl,vi,pt")
     assert by_name["data"].after == ("corpus",) and by_name["data"].reads == ()
     base, experiment = (" ".join(by_name[n].commands[0]) for n in ("base", "experiment"))
-    assert "configs/demo.yaml" in base and "train.lr=1.0e-3" not in base  # train.set: the arms only
+    assert "configs/demo.yaml" in base and "train.lr=2.0e-4" not in base  # train.set: the arms only
+    assert "train.init_optimizer" not in base
     assert "--arms dense,gts,random" in experiment and "--train-seeds 1,2,3" in experiment
-    assert "train.lr=1.0e-3" in experiment and "train.steps=150" in experiment
+    assert "train.lr=2.0e-4" in experiment and "train.steps=150" in experiment
+    assert "train.init_optimizer=true" in experiment  # the arms continue the base's Adam moments
     adapt = by_name["adapt"].commands[0]
     assert adapt[3] == str(tmp_path / "demo-full" / "experiment" / "seed-1" / "gts" / "learned" / "checkpoints")
     assert by_name["adapt"].after == ("experiment", "data")
