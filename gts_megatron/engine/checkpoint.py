@@ -188,9 +188,11 @@ def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = No
     _verify_on_rank0(path, meta)
     full = parts.optimizer is not None
     if full and _is_distributed_optimizer(parts.optimizer) and not _have_apex_or_te():
-        raise GtsError(f"resuming {path} needs apex or TransformerEngine: megatron-core 0.16.1 cannot "
-                       f"reload its distributed optimizer's state without them; start a new run with "
-                       f"train.init_from={path} (weights only) instead")
+        instead = (f"start a new run with train.init_from={path} (weights only) instead" if resume else
+                   "set train.init_optimizer=false (weights only) or parallel.distributed_optimizer=false")
+        what = f"resuming {path}" if resume else f"train.init_optimizer from {path}"
+        raise GtsError(f"{what} needs apex or TransformerEngine: megatron-core 0.16.1 cannot reload its "
+                       f"distributed optimizer's state without them; {instead}")
     if full and not resume and not has_optimizer_state(path):
         raise GtsError(f"train.init_optimizer: checkpoint {path} holds weights only, no optimizer state "
                        f"(`gts expand` keeps the base's with --optimizer-state); set train.init_optimizer=false")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, gts_cmd, gts_env, indexed_args, kill_tree, run_gts, train_losses, valid_loss
+from tests.conftest import (TINY, assert_one_line_error, gts_cmd, gts_env, indexed_args, kill_tree, run_gts,
+                            train_losses, valid_loss)
 
 # dropout on, so the resumed run must also restore every rank's RNG streams to match
 RESUME_ARGS = ["--config", TINY, "--nproc-per-node", "2", "--set", "parallel.tensor=2",
@@ -79,6 +80,12 @@ def test_init_optimizer_continues_adam_where_the_base_left_it(tmp_path):
     assert [train_losses(tmp_path / "true")[step] for step in (1, 2, 3)] == went_on
     fresh = train_losses(tmp_path / "false")
     assert fresh[1] == went_on[0] and fresh[3] != went_on[2]  # same weights, then other updates
+    # megatron-core 0.16.1 cannot reload a distributed optimizer's state without apex/TE: one line
+    proc = run_gts("pretrain", "--run-dir", str(tmp_path / "sharded"), *constant, "--set", "train.steps=3",
+                   "--set", f"train.init_from={middle}", "--set", "train.init_optimizer=true",
+                   "--set", "parallel.distributed_optimizer=true", check=False)
+    assert_one_line_error(proc, f"train.init_optimizer from {middle} needs apex or TransformerEngine",
+                          "set train.init_optimizer=false")
 
 
 def test_sigterm_checkpoints_and_exits(tmp_path):
