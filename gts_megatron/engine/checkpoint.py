@@ -34,6 +34,7 @@ from gts_megatron.contracts.checkpoint import (LATEST_FILE, CheckpointMeta, Chec
                                                verify_files, write_meta)
 from gts_megatron.contracts.plan import Plan, moe_identity
 from gts_megatron.contracts.trained import TrainedModel
+from gts_megatron.engine.optim import optimizer_parts
 from gts_megatron.errors import GtsError
 from gts_megatron.model.gts import build_moe_model
 from gts_megatron.model.llama import build_model, transformer_config
@@ -157,7 +158,7 @@ def _prune(ckpt_root: Path, keep: int) -> None:
 def _is_distributed_optimizer(optimizer) -> bool:
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    return any(isinstance(o, DistributedOptimizer) for o in getattr(optimizer, "chained_optimizers", [optimizer]))
+    return any(isinstance(o, DistributedOptimizer) for o in optimizer_parts(optimizer))
 
 
 def _have_apex_or_te() -> bool:
@@ -228,7 +229,7 @@ def load_checkpoint(path: Path, parts: Checkpointable, plan: Optional[Plan] = No
 def _load_moments_only(optimizer, state: dict) -> None:
     """Adam's moments and step from ``state``; the optimizer's own hyperparameters (betas, eps,
     weight decay, as this run configures them) are put back over the checkpoint's."""
-    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    parts = optimizer_parts(optimizer)
     own = [[{k: v for k, v in group.items() if k != "params"} for group in part.optimizer.param_groups]
            for part in parts]
     optimizer.load_state_dict(state)

@@ -29,12 +29,18 @@ def build_optimizer(model, train: TrainConfig, model_cfg: ModelConfig, parallel:
     return optimizer, scheduler
 
 
+def optimizer_parts(optimizer) -> list:
+    """The megatron optimizers inside ``optimizer`` (a ChainedOptimizer holds one per parameter
+    kind, dense and expert; any other is its own only part)."""
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
 def adam_slots(optimizer, model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter, torch.optim.Optimizer]]:
     """(name in ``model``, the parameter Adam keeps state for, the torch optimizer holding it) of
     every trained parameter. Under mixed precision Adam's state sits on the fp32 master copy of the
     model's parameter; ``model`` is the unwrapped GPTModel whose names the checkpoints use."""
     names = {param: name for name, param in model.named_parameters()}
-    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+    for part in optimizer_parts(optimizer):
         if hasattr(part, "float16_groups"):  # megatron's Float16OptimizerWithFloat16Params
             pairs = [pair for low, master in zip(part.float16_groups, part.fp32_from_float16_groups)
                      for pair in zip(low, master)]

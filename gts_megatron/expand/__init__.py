@@ -84,7 +84,6 @@ def expand(dense: Path, plan_path: Path, out: Path, options: Optional[ExpandConf
     ``options.optimizer_state`` it also holds the dense run's Adam moments, expanded (see
     :func:`expanded_moments`), for a stage that continues them (``train.init_optimizer``)."""
     options = options or ExpandConfig()
-    optimizer_state = options.optimizer_state
     dense = resolve_checkpoint(Path(dense))
     meta = read_meta(dense)
     if meta.moe is not None:
@@ -93,8 +92,8 @@ def expand(dense: Path, plan_path: Path, out: Path, options: Optional[ExpandConf
     plan = load_plan(plan_path)
     plan.check_model(model_cfg.num_layers, str(plan_path))
     record = {"dense": str(dense.resolve()), "dense_step": meta.step, "plan_sha256": plan.sha256(),
-              **({"optimizer_state": True} if optimizer_state else {})}
-    if optimizer_state and not has_optimizer_state(dense):
+              **({"optimizer_state": True} if options.optimizer_state else {})}
+    if options.optimizer_state and not has_optimizer_state(dense):
         raise GtsError(f"--optimizer-state: checkpoint {dense} holds weights only, no optimizer state to expand")
     if (out / RECORD_FILE).is_file() and json.loads((out / RECORD_FILE).read_text()) == record:
         log(f"{out} already holds this expansion; nothing to do")
@@ -112,14 +111,14 @@ def expand(dense: Path, plan_path: Path, out: Path, options: Optional[ExpandConf
         moe_model, moe_config = build_moe_model(model_cfg, parallel, MoEConfig(plan=str(plan_path), stage="group"),
                                                 plan)
         dense_optimizer = moe_optimizer = None
-        if optimizer_state:
+        if options.optimizer_state:
             dense_model, dense_optimizer = _with_optimizer(dense_model, dense_config, model_cfg, parallel)
             moe_model, moe_optimizer = _with_optimizer(moe_model, moe_config, model_cfg, parallel)
         load_checkpoint(dense, Checkpointable(dense_model, model_cfg, dense_optimizer), resume=False)
         with torch.no_grad():
             state = expert_weights_from_dense(unwrap(dense_model).state_dict(), unwrap(moe_model).state_dict())
             unwrap(moe_model).load_state_dict(state, strict=False)
-        if optimizer_state:
+        if options.optimizer_state:
             moe_optimizer.reload_model_params()  # mixed precision: master copies of the expanded weights
             expanded_moments(dense_optimizer, unwrap(dense_model), moe_optimizer, unwrap(moe_model))
         path = write_moe_checkpoint(out, Checkpointable(moe_model, model_cfg, moe_optimizer), plan, meta.tokenizer)
