@@ -204,6 +204,9 @@ class MechanismConfig(_Section):
     arm_steps: int = Field(200, ge=2, description="training steps of every arm")
     learned_steps: int = Field(60, ge=0, description="of arm_steps, the last ones in stage 2 (learned routing)")
     train_seeds: list[int] = Field([1, 2, 3], min_length=1, description="every arm once per training seed")
+    router_loss_weight: float = Field(
+        0.3, ge=0, description="the GtS arms' moe.router_loss_weight (at the paper's 1.28 GtS scores 8.32 here "
+                               "against 6.76, with routers no more accurate: docs/method.md section 4)")
     max_eval_tokens: int = Field(4096, ge=2, description="held-out tokens scored per language")
 
     @model_validator(mode="after")

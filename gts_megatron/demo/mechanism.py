@@ -9,7 +9,7 @@ the probes' similarity pays off where interference is the bottleneck.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from gts_megatron.config import (ExperimentConfig, MechanismConfig, PlanConfig, ProbeConfig, SyntheticDataConfig,
                                  build_config)
@@ -19,12 +19,12 @@ from gts_megatron.data.families import write_synthetic
 from gts_megatron.plan.make import make_plan
 
 
-def _train_config(steps: int, data: Path):
-    """The tiny model's training run on the planted data (the base's and every arm's)."""
+def _train_config(steps: int, data: Path, moe: Optional[dict] = None):
+    """The tiny model's training run on the planted data (the base's and, with ``moe``, every arm's)."""
     train = {"steps": steps, "micro_batch_size": 8, "global_batch_size": 16, "seq_length": 64, "lr": 3e-3,
              "min_lr": 3e-4, "warmup_steps": 10, "save_interval": 0, "eval_interval": 0, "log_interval": 50}
-    return build_config({"model": "tiny", "train": train, "data": {"kind": "indexed", "path": str(data)}},
-                        "the demo's mechanism check")
+    return build_config({"model": "tiny", "train": train, "data": {"kind": "indexed", "path": str(data)},
+                         **({"moe": moe} if moe else {})}, "the demo's mechanism check")
 
 
 def run_mechanism(out: Path, recipe: MechanismConfig, log: Callable = print) -> dict:
@@ -46,4 +46,5 @@ def run_mechanism(out: Path, recipe: MechanismConfig, log: Callable = print) -> 
     cfg = ExperimentConfig(base=str(base / "checkpoints"), data=str(data), plan=str(out / "plan" / "plan.json"),
                            arms=["dense", "gts", "random"], learned_steps=recipe.learned_steps,
                            train_seeds=list(recipe.train_seeds), max_tokens=recipe.max_eval_tokens)
-    return run_seeds(cfg, _train_config(recipe.arm_steps, data), out / "experiment", log=log)
+    arms = _train_config(recipe.arm_steps, data, moe={"router_loss_weight": recipe.router_loss_weight})
+    return run_seeds(cfg, arms, out / "experiment", log=log)

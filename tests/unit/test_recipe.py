@@ -104,6 +104,7 @@ def test_the_demo_recipes_build_the_corpus_compare_over_seeds_and_report(tmp_pat
     assert "--arms dense,gts,random" in experiment and "--train-seeds 1,2,3" in experiment
     assert "train.lr=2.0e-4" in experiment and "train.steps=150" in experiment
     assert "train.init_optimizer=true" in experiment  # the arms continue the base's Adam moments
+    assert "moe.router_loss_weight=0.3" in experiment
     adapt = by_name["adapt"].commands[0]
     assert adapt[3] == str(tmp_path / "demo-full" / "experiment" / "seed-1" / "gts" / "learned" / "checkpoints")
     assert by_name["adapt"].after == ("experiment", "data")
