@@ -15,7 +15,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     size.add_argument("--quick", action="store_true",
                       help="6 languages and a few steps per stage: a pipeline check (about 3 minutes)")
     size.add_argument("--full", action="store_true",
-                      help="probes of 4,096 tokens per step, 150 steps per arm, 3 training seeds (about 15 "
+                      help="probes of 4,096 tokens per step, 150 steps per arm, 3 training seeds (15-18 "
                            "minutes on 2 cores)")
     p.add_argument("--readme", help="also write the report's results section into this README")
 
