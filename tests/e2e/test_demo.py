@@ -73,6 +73,8 @@ def test_the_report_holds_every_result_and_figure(quick_demo):
     assert "mean ± std over training seeds 1, 2" in report and "GtS " in report
     mechanism = json.loads((run / "mechanism" / "experiment" / "summary.json").read_text())
     assert list(mechanism["arms"]) == ["base", "dense", "gts", "random"] and "Mechanism check" in report
+    for arms in (run / "experiment", run / "mechanism" / "experiment"):  # the recipes' weight, not the paper's
+        assert "router_loss_weight: 0.3\n" in (arms / "seed-1" / "gts" / "group" / "config.yaml").read_text()
     assert json.loads((run / "plan" / "families.json").read_text())["family"]["of"]["ru"] == "Indo-European"
     adapt = json.loads((run / "adapt" / "pt" / "adapt.json").read_text())
     assert adapt["language"] == "pt" and adapt["new"]["after"] < adapt["new"]["before"]
