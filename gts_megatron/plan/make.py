@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from gts_megatron.artifacts import file_sha256, staged_directory
-from gts_megatron.config import ModelConfig, PlanConfig
+from gts_megatron.config import ModelConfig, MoEConfig, PlanConfig
 from gts_megatron.errors import GtsError
 from gts_megatron.artifacts import atomic_write_text
 from gts_megatron.plan import grouping, plots
@@ -144,7 +144,11 @@ def summary(plan: Plan, model: Optional[dict], families: Optional[dict] = None) 
     lines.append(f"MoE layers: {plan.moe_layers}")
     if model:
         config = ModelConfig.model_validate(model)
-        total, active = moe_parameter_counts(config, plan, topk=1)
+        topk = MoEConfig().topk
+        total, grouped = moe_parameter_counts(config, plan, topk=1)
+        learned = moe_parameter_counts(config, plan, topk=topk)[1]
+        # both stages' figure: the experiments report stage 2's, with learned top-k routing
         lines.append(f"parameters: dense {count_parameters(config) / 1e6:.2f}M -> {total / 1e6:.2f}M after "
-                     f"expansion, {active / 1e6:.2f}M active per token")
+                     f"expansion; active per token {grouped / 1e6:.2f}M under group routing (stage 1), "
+                     f"{learned / 1e6:.2f}M under learned top-{topk} (stage 2)")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The probe fleet on a real local Ray: planted families come back, sketches match exact deltas,
 DeepSpeed ZeRO matches megatron, a killed driver or crashed worker loses nothing finished."""
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -80,7 +81,12 @@ def test_gradient_probes_with_accumulated_tokens_recover_the_families(probed, tm
     doubled = json.loads((runs["2e-3"] / "syn00.json").read_text())
     for a, b in zip(result["delta_norm_ffn"], doubled["delta_norm_ffn"]):
         assert abs(b - 2 * a) <= 1e-5 * b
-    run_gts("plan", "--probes", str(runs["1e-3"]), "--k", "2", "--similarity-layers", "all", "--out", str(tmp_path / "plan"))
+    out = run_gts("plan", "--probes", str(runs["1e-3"]), "--k", "2", "--similarity-layers", "all",
+                  "--out", str(tmp_path / "plan")).stdout
+    # active parameters of both stages: one expert per token under group routing, top-2 once learned
+    grouped, learned = re.search(r"active per token ([\d.]+)M under group routing \(stage 1\), ([\d.]+)M under "
+                                 r"learned top-2 \(stage 2\)", out).groups()
+    assert float(learned) > float(grouped)
     plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
     names = sorted(probed["families"])
     truth = [sorted(set(probed["families"].values())).index(probed["families"][n]) for n in names]
