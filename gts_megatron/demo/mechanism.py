@@ -24,7 +24,7 @@ def _train_config(steps: int, data: Path, moe: Optional[dict] = None):
     train = {"steps": steps, "micro_batch_size": 8, "global_batch_size": 16, "seq_length": 64, "lr": 3e-3,
              "min_lr": 3e-4, "warmup_steps": 10, "save_interval": 0, "eval_interval": 0, "log_interval": 50}
     return build_config({"model": "tiny", "train": train, "data": {"kind": "indexed", "path": str(data)},
-                         **({"moe": moe} if moe else {})}, "the demo's mechanism check")
+                         "moe": moe or {}}, "the demo's mechanism check")
 
 
 def run_mechanism(out: Path, recipe: MechanismConfig, log: Callable = print) -> dict:
